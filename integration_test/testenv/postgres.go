@@ -1,0 +1,201 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+
+	"github.com/ghl-agency/ghlcache/db"
+)
+
+var (
+	pgOnce sync.Once
+	pgURL  string // URL of this test binary's own migrated database
+	pgPool *pgxpool.Pool
+	pgErr  error
+)
+
+// DatabaseURL returns the URL of this test binary's own database: created
+// fresh, migrated, and dropped by [Main] when the run ends.
+func DatabaseURL(t testing.TB) string {
+	t.Helper()
+	setupPostgres(t)
+	return pgURL
+}
+
+// Pool returns a pool on this test binary's database, shared by its tests.
+// Tests isolate themselves by fresh ids (see [NewID]).
+func Pool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	setupPostgres(t)
+	return pgPool
+}
+
+// NewPool returns a pool of its own on this test binary's database, closed
+// when t ends; configure may set a tracer, a size, etc. Use it where a test
+// needs separate instances or counts queries.
+func NewPool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(DatabaseURL(t))
+	if err != nil {
+		t.Fatalf("testenv: parse database url: %v", err)
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("testenv: new pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// NewDatabase creates another fresh, unmigrated database on the same server,
+// dropped when t ends, and returns its URL (for migration tests).
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	base := baseDatabaseURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	u, drop, err := createDatabase(ctx, base)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := drop(ctx); err != nil {
+			t.Errorf("testenv: %v", err)
+		}
+	})
+	return u
+}
+
+var (
+	baseOnce sync.Once
+	baseURL  string
+	baseErr  error
+)
+
+// baseDatabaseURL returns a URL of the Postgres server to create test
+// databases on: TEST_DATABASE_URL, or a testcontainers Postgres.
+func baseDatabaseURL(t testing.TB) string {
+	t.Helper()
+	baseOnce.Do(func() {
+		if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+			baseURL = u
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := dockerHealthy(ctx); err != nil {
+			baseErr = fmt.Errorf("TEST_DATABASE_URL unset and no Docker engine: %w", err)
+			return
+		}
+		c, err := tcpostgres.Run(ctx, "postgres:15-alpine",
+			tcpostgres.WithDatabase("postgres"), tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"),
+			tcpostgres.BasicWaitStrategies())
+		if err != nil {
+			baseErr = fmt.Errorf("start postgres container: %w", err)
+			return
+		}
+		atExit(t, func(ctx context.Context) error { return c.Terminate(ctx) })
+		baseURL, baseErr = c.ConnectionString(ctx, "sslmode=disable")
+	})
+	if baseErr != nil {
+		unavailable(t, "Postgres", "TEST_DATABASE_URL", baseErr)
+	}
+	return baseURL
+}
+
+func setupPostgres(t testing.TB) {
+	t.Helper()
+	base := baseDatabaseURL(t)
+	pgOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		u, drop, err := createDatabase(ctx, base)
+		if err != nil {
+			pgErr = err
+			return
+		}
+		pool, err := pgxpool.New(ctx, u)
+		if err != nil {
+			_ = drop(ctx)
+			pgErr = fmt.Errorf("connect test database: %w", err)
+			return
+		}
+		atExit(t, func(ctx context.Context) error { pool.Close(); return drop(ctx) })
+		if err := db.Migrate(ctx, pool); err != nil {
+			pgErr = err
+			return
+		}
+		pgURL, pgPool = u, pool
+	})
+	if pgErr != nil {
+		t.Fatalf("testenv: postgres: %v", pgErr)
+	}
+}
+
+// createDatabase creates a uniquely named database on the server of base and
+// returns its URL and a function that drops it.
+func createDatabase(ctx context.Context, base string) (string, func(context.Context) error, error) {
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		return "", nil, fmt.Errorf("connect %s: %w", Redact(base), err)
+	}
+	defer conn.Close(ctx)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := fmt.Sprintf("ghlcache_test_%d_%s", os.Getpid(), hex.EncodeToString(b[:]))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", nil, fmt.Errorf("create database %s: %w", name, err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", nil, fmt.Errorf("parse %s: %w", Redact(base), err)
+	}
+	u.Path = "/" + name
+	drop := func(ctx context.Context) error {
+		conn, err := pgx.Connect(ctx, base)
+		if err != nil {
+			return fmt.Errorf("drop %s: %w", name, err)
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		return err
+	}
+	return u.String(), drop, nil
+}
+
+// Redact returns rawURL with any password replaced by "xxxxx".
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "<unparseable url>"
+	}
+	return u.Redacted()
+}
+
+var idSeq atomic.Int64
+
+// NewID returns an id no other test in this test binary uses (each binary has
+// its own database). Tests isolate rows, such as user ids, with it.
+func NewID() int64 {
+	idSeq.CompareAndSwap(0, time.Now().UnixNano()/1000%1_000_000_000)
+	return idSeq.Add(1)
+}

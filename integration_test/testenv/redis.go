@@ -1,0 +1,119 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
+)
+
+var (
+	redisOnce sync.Once
+	redisURL  string
+	redisErr  error
+)
+
+// RedisURL returns the URL of the shared test Redis: TEST_REDIS_URL, or a
+// testcontainers Redis. Tests must not FLUSHDB it; they use [Prefix].
+func RedisURL(t testing.TB) string {
+	t.Helper()
+	redisOnce.Do(func() {
+		if u := os.Getenv("TEST_REDIS_URL"); u != "" {
+			redisURL = u
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := dockerHealthy(ctx); err != nil {
+			redisErr = fmt.Errorf("TEST_REDIS_URL unset and no Docker engine: %w", err)
+			return
+		}
+		c, err := tcredis.Run(ctx, "redis:7.0-alpine")
+		if err != nil {
+			redisErr = fmt.Errorf("start redis container: %w", err)
+			return
+		}
+		atExit(t, func(ctx context.Context) error { return c.Terminate(ctx) })
+		redisURL, redisErr = c.ConnectionString(ctx)
+	})
+	if redisErr != nil {
+		unavailable(t, "Redis", "TEST_REDIS_URL", redisErr)
+	}
+	return redisURL
+}
+
+// Redis returns a new client of the shared test Redis with
+// ContextTimeoutEnabled, checked with a PING and closed when t ends.
+func Redis(t testing.TB) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(RedisURL(t))
+	if err != nil {
+		t.Fatalf("testenv: parse redis url %s: %v", Redact(RedisURL(t)), err)
+	}
+	opts.ContextTimeoutEnabled = true
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		unavailable(t, "Redis", "TEST_REDIS_URL", err)
+	}
+	return rdb
+}
+
+var nonKeyChars = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+
+// Prefix returns a key prefix of t's own ("test:<name>:<random>:"), for
+// cachelayer.Config.Prefix. Keys under it are deleted when t ends.
+func Prefix(t testing.TB) string {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := nonKeyChars.ReplaceAllString(t.Name(), "_")
+	if len(name) > 40 {
+		name = name[len(name)-40:]
+	}
+	prefix := "test:" + name + ":" + hex.EncodeToString(b[:]) + ":"
+	rdb := Redis(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := DeleteKeys(ctx, rdb, prefix); err != nil {
+			t.Logf("testenv: delete keys %s*: %v", prefix, err)
+		}
+	})
+	return prefix
+}
+
+// DeleteKeys deletes every key that starts with prefix (no glob characters)
+// on every master rdb reaches, with SCAN and single-key UNLINKs.
+func DeleteKeys(ctx context.Context, rdb redis.UniversalClient, prefix string) error {
+	if strings.ContainsAny(prefix, `*?[]\`) {
+		return fmt.Errorf("testenv: prefix %q has glob characters", prefix)
+	}
+	del := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			if err := c.Unlink(ctx, iter.Val()).Err(); err != nil {
+				return err
+			}
+		}
+		return iter.Err()
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, del)
+	}
+	if c, ok := rdb.(*redis.Client); ok {
+		return del(ctx, c)
+	}
+	return fmt.Errorf("testenv: DeleteKeys: unsupported client %T", rdb)
+}
