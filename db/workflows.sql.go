@@ -7,7 +7,6 @@ package db
 
 import (
 	"context"
-	"time"
 )
 
 const workflowDefinitionDelete = `-- name: WorkflowDefinitionDelete :execrows
@@ -34,27 +33,20 @@ func (q *Queries) WorkflowDefinitionExists(ctx context.Context, id int64) (bool,
 }
 
 const workflowDefinitionGet = `-- name: WorkflowDefinitionGet :one
-SELECT id, name, version, spec, updated_at
+SELECT id, name, version, spec, created_at, updated_at
 FROM workflow_definitions
 WHERE id = $1::bigint
 `
 
-type WorkflowDefinitionGetRow struct {
-	ID        int64
-	Name      string
-	Version   int64
-	Spec      []byte
-	UpdatedAt time.Time
-}
-
-func (q *Queries) WorkflowDefinitionGet(ctx context.Context, id int64) (WorkflowDefinitionGetRow, error) {
+func (q *Queries) WorkflowDefinitionGet(ctx context.Context, id int64) (WorkflowDefinition, error) {
 	row := q.db.QueryRow(ctx, workflowDefinitionGet, id)
-	var i WorkflowDefinitionGetRow
+	var i WorkflowDefinition
 	err := row.Scan(
 		&i.ID,
 		&i.Name,
 		&i.Version,
 		&i.Spec,
+		&i.CreatedAt,
 		&i.UpdatedAt,
 	)
 	return i, err
@@ -63,7 +55,7 @@ func (q *Queries) WorkflowDefinitionGet(ctx context.Context, id int64) (Workflow
 const workflowDefinitionInsert = `-- name: WorkflowDefinitionInsert :one
 INSERT INTO workflow_definitions (name, version, spec, created_at, updated_at)
 VALUES ($1::text, 1, $2::jsonb, now(), now())
-RETURNING id, name, version, spec, updated_at
+RETURNING id, name, version, spec, created_at, updated_at
 `
 
 type WorkflowDefinitionInsertParams struct {
@@ -71,22 +63,15 @@ type WorkflowDefinitionInsertParams struct {
 	Spec []byte
 }
 
-type WorkflowDefinitionInsertRow struct {
-	ID        int64
-	Name      string
-	Version   int64
-	Spec      []byte
-	UpdatedAt time.Time
-}
-
-func (q *Queries) WorkflowDefinitionInsert(ctx context.Context, arg WorkflowDefinitionInsertParams) (WorkflowDefinitionInsertRow, error) {
+func (q *Queries) WorkflowDefinitionInsert(ctx context.Context, arg WorkflowDefinitionInsertParams) (WorkflowDefinition, error) {
 	row := q.db.QueryRow(ctx, workflowDefinitionInsert, arg.Name, arg.Spec)
-	var i WorkflowDefinitionInsertRow
+	var i WorkflowDefinition
 	err := row.Scan(
 		&i.ID,
 		&i.Name,
 		&i.Version,
 		&i.Spec,
+		&i.CreatedAt,
 		&i.UpdatedAt,
 	)
 	return i, err
@@ -96,7 +81,7 @@ const workflowDefinitionUpdate = `-- name: WorkflowDefinitionUpdate :one
 UPDATE workflow_definitions
 SET name = $1::text, spec = $2::jsonb, version = version + 1, updated_at = now()
 WHERE id = $3::bigint AND version = $4::bigint
-RETURNING id, name, version, spec, updated_at
+RETURNING id, name, version, spec, created_at, updated_at
 `
 
 type WorkflowDefinitionUpdateParams struct {
@@ -106,28 +91,21 @@ type WorkflowDefinitionUpdateParams struct {
 	Version int64
 }
 
-type WorkflowDefinitionUpdateRow struct {
-	ID        int64
-	Name      string
-	Version   int64
-	Spec      []byte
-	UpdatedAt time.Time
-}
-
 // Optimistic concurrency: only the version the caller read is replaced.
-func (q *Queries) WorkflowDefinitionUpdate(ctx context.Context, arg WorkflowDefinitionUpdateParams) (WorkflowDefinitionUpdateRow, error) {
+func (q *Queries) WorkflowDefinitionUpdate(ctx context.Context, arg WorkflowDefinitionUpdateParams) (WorkflowDefinition, error) {
 	row := q.db.QueryRow(ctx, workflowDefinitionUpdate,
 		arg.Name,
 		arg.Spec,
 		arg.ID,
 		arg.Version,
 	)
-	var i WorkflowDefinitionUpdateRow
+	var i WorkflowDefinition
 	err := row.Scan(
 		&i.ID,
 		&i.Name,
 		&i.Version,
 		&i.Spec,
+		&i.CreatedAt,
 		&i.UpdatedAt,
 	)
 	return i, err

@@ -1,0 +1,214 @@
+package credits
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/pgretry"
+)
+
+// OutboxDomain is the cache_outbox.domain of credit balance keys.
+const OutboxDomain = "credits"
+
+// Store is the Postgres implementation of [Repo]. Each change is one
+// READ COMMITTED transaction: the balance row, a ledger row and, when a
+// cached decorator asks for it, an outbox row naming the cache key to
+// invalidate. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var _ Repo = (*Store)(nil)
+
+// NewStore returns a Store on pool. The schema must be migrated (db.Migrate).
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Pool returns the pool the store uses.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Balance implements [Repo]. It retries once when Postgres terminated the
+// connection or the query was never sent.
+func (s *Store) Balance(ctx context.Context, userID int64, t Type) (Balance, error) {
+	if err := validateOwner(userID, t); err != nil {
+		return Balance{}, err
+	}
+	row, err := pgretry.Read(ctx, func(ctx context.Context) (db.CreditBalance, error) {
+		return db.New(s.pool).CreditBalanceGet(ctx, db.CreditBalanceGetParams{UserID: userID, CreditType: string(t)})
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Balance{UserID: userID, Type: t}, nil
+	}
+	if err != nil {
+		return Balance{}, fmt.Errorf("credits: balance of user %d %s: %w", userID, t, err)
+	}
+	return balanceFromRow(row), nil
+}
+
+// Add implements [Repo].
+func (s *Store) Add(ctx context.Context, c Change) (Balance, error) {
+	return s.change(ctx, c, +1, "")
+}
+
+// Deduct implements [Repo].
+func (s *Store) Deduct(ctx context.Context, c Change) (Balance, error) {
+	return s.change(ctx, c, -1, "")
+}
+
+// History implements [Repo]. It retries once like Balance.
+func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([]Entry, error) {
+	if err := validateOwner(userID, t); err != nil {
+		return nil, err
+	}
+	switch {
+	case limit <= 0:
+		limit = DefaultHistoryLimit
+	case limit > MaxHistoryLimit:
+		limit = MaxHistoryLimit
+	}
+	rows, err := pgretry.Read(ctx, func(ctx context.Context) ([]db.CreditLedger, error) {
+		return db.New(s.pool).CreditLedgerList(ctx, db.CreditLedgerListParams{
+			UserID: userID, CreditType: string(t), MaxRows: int32(limit),
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("credits: history of user %d %s: %w", userID, t, err)
+	}
+	entries := make([]Entry, len(rows))
+	for i, r := range rows {
+		entries[i] = entryFromRow(r)
+	}
+	return entries, nil
+}
+
+// change applies c with the sign of delta (+1 add, -1 deduct) in one
+// transaction. When outboxKey is not empty, the same transaction records it
+// in the cache outbox (domain OutboxDomain), so the invalidation is durable
+// exactly when the change is.
+//
+// Idempotency: a key already in the ledger returns its entry's result. Two
+// racing first attempts serialise on the balance row lock and the ledger's
+// unique index; the loser rolls back and returns the winner's result.
+func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey string) (Balance, error) {
+	if err := c.Validate(); err != nil {
+		return Balance{}, err
+	}
+	op := "add"
+	if sign < 0 {
+		op = "deduct"
+	}
+	if c.IdempotencyKey != "" {
+		b, found, err := s.replay(ctx, c, sign)
+		if err != nil || found {
+			return b, err
+		}
+	}
+
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return Balance{}, fmt.Errorf("credits: %s: begin: %w", op, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	q := db.New(tx)
+
+	var row db.CreditBalance
+	if sign > 0 {
+		row, err = q.CreditBalanceAdd(ctx, db.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
+		if pgretry.Code(err) == "22003" { // numeric_value_out_of_range
+			return Balance{}, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
+		}
+	} else {
+		row, err = q.CreditBalanceDeduct(ctx, db.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
+		if errors.Is(err, pgx.ErrNoRows) {
+			_ = tx.Rollback(ctx)
+			if c.IdempotencyKey != "" {
+				// A racing first attempt with this key may have taken
+				// the credits; our UPDATE waited for its commit.
+				if b, found, err := s.replay(ctx, c, sign); err != nil || found {
+					return b, err
+				}
+			}
+			return Balance{}, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
+		}
+	}
+	if err != nil {
+		return Balance{}, fmt.Errorf("credits: %s: %w", op, err)
+	}
+
+	var key *string
+	if c.IdempotencyKey != "" {
+		key = &c.IdempotencyKey
+	}
+	_, err = q.CreditLedgerInsert(ctx, db.CreditLedgerInsertParams{
+		UserID: c.UserID, CreditType: string(c.Type), Delta: sign * c.Amount,
+		BalanceAfter: row.Balance, VersionAfter: row.Version, Reason: c.Reason, IdempotencyKey: key,
+	})
+	if errors.Is(err, pgx.ErrNoRows) { // the idempotency key won a race elsewhere
+		_ = tx.Rollback(ctx)
+		b, found, err := s.replay(ctx, c, sign)
+		if err == nil && !found {
+			err = fmt.Errorf("credits: %s: idempotency key %q vanished", op, c.IdempotencyKey)
+		}
+		return b, err
+	}
+	if err != nil {
+		return Balance{}, fmt.Errorf("credits: %s: ledger: %w", op, err)
+	}
+	if outboxKey != "" {
+		if _, err := q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey}); err != nil {
+			return Balance{}, fmt.Errorf("credits: %s: outbox: %w", op, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Balance{}, fmt.Errorf("credits: %s: commit: %w", op, err)
+	}
+	return balanceFromRow(row), nil
+}
+
+// replay looks c.IdempotencyKey up in the ledger. found reports whether the
+// key was used; then the result is the first application's balance, or
+// ErrIdempotencyConflict when that change had another amount or direction.
+func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, found bool, err error) {
+	e, err := pgretry.Read(ctx, func(ctx context.Context) (db.CreditLedger, error) {
+		return db.New(s.pool).CreditLedgerGetByIdempotencyKey(ctx, db.CreditLedgerGetByIdempotencyKeyParams{
+			UserID: c.UserID, CreditType: string(c.Type), IdempotencyKey: c.IdempotencyKey,
+		})
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Balance{}, false, nil
+	}
+	if err != nil {
+		return Balance{}, false, fmt.Errorf("credits: idempotency key lookup: %w", err)
+	}
+	if e.Delta != sign*c.Amount {
+		return Balance{}, true, fmt.Errorf("%w: key %q first applied delta %d, now asked %d",
+			ErrIdempotencyConflict, c.IdempotencyKey, e.Delta, sign*c.Amount)
+	}
+	return Balance{
+		UserID: e.UserID, Type: Type(e.CreditType), Amount: e.BalanceAfter,
+		Version: e.VersionAfter, UpdatedAt: e.CreatedAt.UTC(),
+	}, true, nil
+}
+
+func balanceFromRow(r db.CreditBalance) Balance {
+	return Balance{
+		UserID: r.UserID, Type: Type(r.CreditType), Amount: r.Balance,
+		Version: r.Version, UpdatedAt: r.UpdatedAt.UTC(),
+	}
+}
+
+func entryFromRow(r db.CreditLedger) Entry {
+	e := Entry{
+		ID: r.ID, UserID: r.UserID, Type: Type(r.CreditType), Delta: r.Delta,
+		BalanceAfter: r.BalanceAfter, VersionAfter: r.VersionAfter, Reason: r.Reason,
+		CreatedAt: r.CreatedAt.UTC(),
+	}
+	if r.IdempotencyKey != nil {
+		e.IdempotencyKey = *r.IdempotencyKey
+	}
+	return e
+}

@@ -1,0 +1,165 @@
+package workflows
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/pgretry"
+)
+
+// OutboxDomain is the cache_outbox.domain of workflow definition keys.
+const OutboxDomain = "workflows"
+
+// Store is the Postgres implementation of [Repo]. It is safe for concurrent
+// use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var _ Repo = (*Store)(nil)
+
+// NewStore returns a Store on pool. The schema must be migrated (db.Migrate).
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Pool returns the pool the store uses.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Definition implements [Repo]. It retries once when Postgres terminated the
+// connection or the query was never sent.
+func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
+	if err := validateID(id); err != nil {
+		return Definition{}, err
+	}
+	row, err := pgretry.Read(ctx, func(ctx context.Context) (db.WorkflowDefinition, error) {
+		return db.New(s.pool).WorkflowDefinitionGet(ctx, id)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	if err != nil {
+		return Definition{}, fmt.Errorf("workflows: definition %d: %w", id, err)
+	}
+	return definitionFromRow(row)
+}
+
+// Save implements [Repo].
+func (s *Store) Save(ctx context.Context, d Definition) (Definition, error) {
+	return s.save(ctx, d, nil)
+}
+
+// Delete implements [Repo].
+func (s *Store) Delete(ctx context.Context, id int64) error {
+	return s.delete(ctx, id, nil)
+}
+
+// outboxKeyFunc names the full cache key of a definition id, for the outbox.
+type outboxKeyFunc func(id int64) string
+
+// save is Save; when outboxKey is not nil, the same transaction records
+// outboxKey(id) in the cache outbox (also on create: a "not found" marker
+// cached for an id must not hide it once it exists).
+func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc) (Definition, error) {
+	spec, err := normalize(d)
+	if err != nil {
+		return Definition{}, err
+	}
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return Definition{}, fmt.Errorf("workflows: save: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	q := db.New(tx)
+
+	var row db.WorkflowDefinition
+	if d.ID == 0 {
+		row, err = q.WorkflowDefinitionInsert(ctx, db.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
+	} else {
+		row, err = q.WorkflowDefinitionUpdate(ctx, db.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
+		if errors.Is(err, pgx.ErrNoRows) {
+			exists, xerr := q.WorkflowDefinitionExists(ctx, d.ID)
+			switch {
+			case xerr != nil:
+				err = xerr
+			case exists:
+				return Definition{}, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
+			default:
+				return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
+			}
+		}
+	}
+	if code := pgretry.Code(err); code == "22P05" || code == "22P02" { // untranslatable character (\u0000), invalid text
+		return Definition{}, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
+	}
+	if err != nil {
+		return Definition{}, fmt.Errorf("workflows: save: %w", err)
+	}
+	if outboxKey != nil {
+		if _, err := q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
+			return Definition{}, fmt.Errorf("workflows: save: outbox: %w", err)
+		}
+	}
+	out, err := definitionFromRow(row)
+	if err != nil {
+		return Definition{}, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Definition{}, fmt.Errorf("workflows: save: commit: %w", err)
+	}
+	return out, nil
+}
+
+// delete is Delete, recording outboxKey(id) in the same transaction when
+// outboxKey is not nil.
+func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) error {
+	if err := validateID(id); err != nil {
+		return err
+	}
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return fmt.Errorf("workflows: delete: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	q := db.New(tx)
+	n, err := q.WorkflowDefinitionDelete(ctx, id)
+	if err != nil {
+		return fmt.Errorf("workflows: delete %d: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	if outboxKey != nil {
+		if _, err := q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
+			return fmt.Errorf("workflows: delete: outbox: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("workflows: delete %d: commit: %w", id, err)
+	}
+	return nil
+}
+
+// definitionFromRow maps a row to a Definition, normalised so that a cached
+// copy decodes to an equal value: UTC time, compact Spec.
+func definitionFromRow(r db.WorkflowDefinition) (Definition, error) {
+	spec, err := compact(r.Spec)
+	if err != nil {
+		return Definition{}, fmt.Errorf("workflows: definition %d: stored spec: %w", r.ID, err)
+	}
+	return Definition{ID: r.ID, Name: r.Name, Version: r.Version, Spec: spec, UpdatedAt: r.UpdatedAt.UTC()}, nil
+}
+
+func compact(b []byte) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(b))
+	if err := json.Compact(&buf, b); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
