@@ -287,7 +287,10 @@ func TestStoreBadInput(t *testing.T) {
 		{"zero user", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.UserID = 0 })); return err }},
 		{"negative user", func() error { _, err := store.Deduct(ctx, with(func(c *credits.Change) { c.UserID = -7 })); return err }},
 		{"empty type", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Type = "" })); return err }},
-		{"upper-case type", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Type = "Enrichment" })); return err }},
+		{"upper-case type", func() error {
+			_, err := store.Add(ctx, with(func(c *credits.Change) { c.Type = "Enrichment" }))
+			return err
+		}},
 		{"type starting with digit", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Type = "1sms" })); return err }},
 		{"type with dash", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Type = "a-b" })); return err }},
 		{"type with glob", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Type = "a*" })); return err }},
@@ -305,8 +308,14 @@ func TestStoreBadInput(t *testing.T) {
 			_, err := store.Add(ctx, with(func(c *credits.Change) { c.Reason = strings.Repeat("x", credits.MaxReasonBytes+1) }))
 			return err
 		}},
-		{"reason not utf-8", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Reason = "\xff\xfe" })); return err }},
-		{"reason with NUL", func() error { _, err := store.Add(ctx, with(func(c *credits.Change) { c.Reason = "a\x00b" })); return err }},
+		{"reason not utf-8", func() error {
+			_, err := store.Add(ctx, with(func(c *credits.Change) { c.Reason = "\xff\xfe" }))
+			return err
+		}},
+		{"reason with NUL", func() error {
+			_, err := store.Add(ctx, with(func(c *credits.Change) { c.Reason = "a\x00b" }))
+			return err
+		}},
 		{"long idempotency key", func() error {
 			_, err := store.Add(ctx, with(func(c *credits.Change) { c.IdempotencyKey = strings.Repeat("k", credits.MaxIdempotencyKeyLen+1) }))
 			return err
