@@ -51,12 +51,14 @@ func (s *Store) Balance(ctx context.Context, userID int64, t Type) (Balance, err
 
 // Add implements [Repo].
 func (s *Store) Add(ctx context.Context, c Change) (Balance, error) {
-	return s.change(ctx, c, +1, "")
+	b, _, err := s.change(ctx, c, +1, "")
+	return b, err
 }
 
 // Deduct implements [Repo].
 func (s *Store) Deduct(ctx context.Context, c Change) (Balance, error) {
-	return s.change(ctx, c, -1, "")
+	b, _, err := s.change(ctx, c, -1, "")
+	return b, err
 }
 
 // History implements [Repo]. It retries once like Balance.
@@ -88,14 +90,15 @@ func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([
 // change applies c with the sign of delta (+1 add, -1 deduct) in one
 // transaction. When outboxKey is not empty, the same transaction records it
 // in the cache outbox (domain OutboxDomain), so the invalidation is durable
-// exactly when the change is.
+// exactly when the change is; outboxID is that row's id (0 when no row was
+// written: no key asked, or an idempotent replay).
 //
 // Idempotency: a key already in the ledger returns its entry's result. Two
 // racing first attempts serialise on the balance row lock and the ledger's
 // unique index; the loser rolls back and returns the winner's result.
-func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey string) (Balance, error) {
+func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey string) (_ Balance, outboxID int64, _ error) {
 	if err := c.Validate(); err != nil {
-		return Balance{}, err
+		return Balance{}, 0, err
 	}
 	op := "add"
 	if sign < 0 {
@@ -104,13 +107,13 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 	if c.IdempotencyKey != "" {
 		b, found, err := s.replay(ctx, c, sign)
 		if err != nil || found {
-			return b, err
+			return b, 0, err
 		}
 	}
 
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return Balance{}, fmt.Errorf("credits: %s: begin: %w", op, err)
+		return Balance{}, 0, fmt.Errorf("credits: %s: begin: %w", op, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := db.New(tx)
@@ -119,7 +122,7 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 	if sign > 0 {
 		row, err = q.CreditBalanceAdd(ctx, db.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
 		if pgretry.Code(err) == "22003" { // numeric_value_out_of_range
-			return Balance{}, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
+			return Balance{}, 0, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
 		}
 	} else {
 		row, err = q.CreditBalanceDeduct(ctx, db.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
@@ -129,14 +132,14 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 				// A racing first attempt with this key may have taken
 				// the credits; our UPDATE waited for its commit.
 				if b, found, err := s.replay(ctx, c, sign); err != nil || found {
-					return b, err
+					return b, 0, err
 				}
 			}
-			return Balance{}, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
+			return Balance{}, 0, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
 		}
 	}
 	if err != nil {
-		return Balance{}, fmt.Errorf("credits: %s: %w", op, err)
+		return Balance{}, 0, fmt.Errorf("credits: %s: %w", op, err)
 	}
 
 	var key *string
@@ -153,20 +156,20 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 		if err == nil && !found {
 			err = fmt.Errorf("credits: %s: idempotency key %q vanished", op, c.IdempotencyKey)
 		}
-		return b, err
+		return b, 0, err
 	}
 	if err != nil {
-		return Balance{}, fmt.Errorf("credits: %s: ledger: %w", op, err)
+		return Balance{}, 0, fmt.Errorf("credits: %s: ledger: %w", op, err)
 	}
 	if outboxKey != "" {
-		if _, err := q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey}); err != nil {
-			return Balance{}, fmt.Errorf("credits: %s: outbox: %w", op, err)
+		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey}); err != nil {
+			return Balance{}, 0, fmt.Errorf("credits: %s: outbox: %w", op, err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return Balance{}, fmt.Errorf("credits: %s: commit: %w", op, err)
+		return Balance{}, 0, fmt.Errorf("credits: %s: commit: %w", op, err)
 	}
-	return balanceFromRow(row), nil
+	return balanceFromRow(row), outboxID, nil
 }
 
 // replay looks c.IdempotencyKey up in the ledger. found reports whether the

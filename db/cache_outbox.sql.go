@@ -11,28 +11,33 @@ import (
 )
 
 const cacheOutboxClaim = `-- name: CacheOutboxClaim :many
-SELECT id, cache_key, created_at
+SELECT id, cache_key, created_at,
+       (created_at < now() - make_interval(secs => $1::float8))::boolean AS expired
 FROM cache_outbox
-WHERE domain = $1::text
+WHERE domain = $2::text
 ORDER BY created_at, id
-LIMIT $2::int
+LIMIT $3::int
 FOR UPDATE SKIP LOCKED
 `
 
 type CacheOutboxClaimParams struct {
-	Domain  string
-	MaxRows int32
+	MaxAgeSeconds float64
+	Domain        string
+	MaxRows       int32
 }
 
 type CacheOutboxClaimRow struct {
 	ID        int64
 	CacheKey  string
 	CreatedAt time.Time
+	Expired   bool
 }
 
 // Oldest first; rows another sweeper holds are skipped, not waited for.
+// expired rows are older than the domain's TTL + 1 min: their cache entry
+// has expired by itself, so they are dropped without a delete.
 func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimParams) ([]CacheOutboxClaimRow, error) {
-	rows, err := q.db.Query(ctx, cacheOutboxClaim, arg.Domain, arg.MaxRows)
+	rows, err := q.db.Query(ctx, cacheOutboxClaim, arg.MaxAgeSeconds, arg.Domain, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +45,12 @@ func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimPara
 	var items []CacheOutboxClaimRow
 	for rows.Next() {
 		var i CacheOutboxClaimRow
-		if err := rows.Scan(&i.ID, &i.CacheKey, &i.CreatedAt); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.CacheKey,
+			&i.CreatedAt,
+			&i.Expired,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -78,20 +88,46 @@ func (q *Queries) CacheOutboxInsert(ctx context.Context, arg CacheOutboxInsertPa
 	return id, err
 }
 
+const cacheOutboxPresent = `-- name: CacheOutboxPresent :many
+SELECT id FROM cache_outbox WHERE id = ANY($1::bigint[])
+`
+
+// Which of these rows are still waiting (not yet swept by any instance).
+func (q *Queries) CacheOutboxPresent(ctx context.Context, ids []int64) ([]int64, error) {
+	rows, err := q.db.Query(ctx, cacheOutboxPresent, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const cacheOutboxStats = `-- name: CacheOutboxStats :one
-SELECT count(*)::bigint AS depth, min(created_at)::timestamptz AS oldest
+SELECT count(*)::bigint AS depth,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
 FROM cache_outbox
 WHERE domain = $1::text
 `
 
 type CacheOutboxStatsRow struct {
-	Depth  int64
-	Oldest time.Time
+	Depth            int64
+	OldestAgeSeconds float64
 }
 
 func (q *Queries) CacheOutboxStats(ctx context.Context, domain string) (CacheOutboxStatsRow, error) {
 	row := q.db.QueryRow(ctx, cacheOutboxStats, domain)
 	var i CacheOutboxStatsRow
-	err := row.Scan(&i.Depth, &i.Oldest)
+	err := row.Scan(&i.Depth, &i.OldestAgeSeconds)
 	return i, err
 }

@@ -51,28 +51,30 @@ func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
 
 // Save implements [Repo].
 func (s *Store) Save(ctx context.Context, d Definition) (Definition, error) {
-	return s.save(ctx, d, nil)
+	out, _, err := s.save(ctx, d, nil)
+	return out, err
 }
 
 // Delete implements [Repo].
 func (s *Store) Delete(ctx context.Context, id int64) error {
-	return s.delete(ctx, id, nil)
+	_, err := s.delete(ctx, id, nil)
+	return err
 }
 
 // outboxKeyFunc names the full cache key of a definition id, for the outbox.
 type outboxKeyFunc func(id int64) string
 
 // save is Save; when outboxKey is not nil, the same transaction records
-// outboxKey(id) in the cache outbox (also on create: a "not found" marker
+// outboxKey(id) in the cache outbox and outboxID is that row's id (also on create: a "not found" marker
 // cached for an id must not hide it once it exists).
-func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc) (Definition, error) {
+func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc) (_ Definition, outboxID int64, _ error) {
 	spec, err := normalize(d)
 	if err != nil {
-		return Definition{}, err
+		return Definition{}, 0, err
 	}
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return Definition{}, fmt.Errorf("workflows: save: begin: %w", err)
+		return Definition{}, 0, fmt.Errorf("workflows: save: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := db.New(tx)
@@ -88,61 +90,61 @@ func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc)
 			case xerr != nil:
 				err = xerr
 			case exists:
-				return Definition{}, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
+				return Definition{}, 0, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
 			default:
-				return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
+				return Definition{}, 0, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
 			}
 		}
 	}
 	if code := pgretry.Code(err); code == "22P05" || code == "22P02" { // untranslatable character (\u0000), invalid text
-		return Definition{}, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
+		return Definition{}, 0, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
 	}
 	if err != nil {
-		return Definition{}, fmt.Errorf("workflows: save: %w", err)
+		return Definition{}, 0, fmt.Errorf("workflows: save: %w", err)
 	}
 	if outboxKey != nil {
-		if _, err := q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
-			return Definition{}, fmt.Errorf("workflows: save: outbox: %w", err)
+		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
+			return Definition{}, 0, fmt.Errorf("workflows: save: outbox: %w", err)
 		}
 	}
 	out, err := definitionFromRow(row)
 	if err != nil {
-		return Definition{}, err
+		return Definition{}, 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return Definition{}, fmt.Errorf("workflows: save: commit: %w", err)
+		return Definition{}, 0, fmt.Errorf("workflows: save: commit: %w", err)
 	}
-	return out, nil
+	return out, outboxID, nil
 }
 
 // delete is Delete, recording outboxKey(id) in the same transaction when
 // outboxKey is not nil.
-func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) error {
+func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (outboxID int64, _ error) {
 	if err := validateID(id); err != nil {
-		return err
+		return 0, err
 	}
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return fmt.Errorf("workflows: delete: begin: %w", err)
+		return 0, fmt.Errorf("workflows: delete: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := db.New(tx)
 	n, err := q.WorkflowDefinitionDelete(ctx, id)
 	if err != nil {
-		return fmt.Errorf("workflows: delete %d: %w", id, err)
+		return 0, fmt.Errorf("workflows: delete %d: %w", id, err)
 	}
 	if n == 0 {
-		return fmt.Errorf("%w: id %d", ErrNotFound, id)
+		return 0, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
 	if outboxKey != nil {
-		if _, err := q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
-			return fmt.Errorf("workflows: delete: outbox: %w", err)
+		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
+			return 0, fmt.Errorf("workflows: delete: outbox: %w", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("workflows: delete %d: commit: %w", id, err)
+		return 0, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
 	}
-	return nil
+	return outboxID, nil
 }
 
 // definitionFromRow maps a row to a Definition, normalised so that a cached

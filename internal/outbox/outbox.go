@@ -1,0 +1,310 @@
+// Package outbox makes cache invalidation durable: a change records the full
+// cache key in the cache_outbox table in its own transaction; after commit
+// the writer deletes the key and removes the row; a sweeper in every cached
+// repository deletes the keys of rows left behind (Redis was down, the delete
+// timed out, the writer died) and removes a row only after its key's delete
+// succeeded. Rows older than the domain's TTL + 1 min are dropped without a
+// delete: their cache entry has expired by itself.
+//
+// The Outbox also remembers which keys this process's own invalidations are
+// still pending for, so its reads of them can bypass the cache
+// (read-your-writes during a Redis outage).
+package outbox
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ghl-agency/ghlcache/db"
+)
+
+// Invalidator deletes already-prefixed cache keys; *cachelayer.Cache is one.
+// DeleteFull must return nil only when every key's delete reached Redis.
+type Invalidator interface {
+	DeleteFull(ctx context.Context, fullKeys ...string) error
+}
+
+// Config configures an Outbox. Zero fields take the defaults.
+type Config struct {
+	Domain   string        // cache_outbox.domain this outbox writes and sweeps; required
+	Interval time.Duration // between sweeps, 1 s
+	Batch    int           // rows claimed per transaction, 500
+	MaxAge   time.Duration // rows older than this are dropped without a delete; the domain TTL + 1 min
+	Logger   *slog.Logger  // slog.Default()
+}
+
+// Stats describes an outbox domain: the table's rows (all instances) and
+// this process's counters.
+type Stats struct {
+	Depth     int64         // rows waiting in the table for this domain
+	OldestAge time.Duration // age of the oldest waiting row, 0 when none
+	Pending   int           // keys whose invalidation this process is still waiting for
+	Swept     int64         // rows this process's sweeper removed after deleting their key
+	Dropped   int64         // rows this process's sweeper dropped as expired
+	Failures  int64         // sweeps that could not reach Redis or Postgres
+}
+
+// Outbox writes, tracks and sweeps one domain's invalidations. It is safe
+// for concurrent use. Close stops its sweeper.
+type Outbox struct {
+	pool *pgxpool.Pool
+	inv  Invalidator
+	cfg  Config
+	log  *slog.Logger
+
+	mu      sync.Mutex       // guards pending and byKey
+	pending map[int64]string // outbox row id → key, for rows this process wrote and has not seen removed
+	byKey   map[string]int   // key → number of pending rows for it
+	npend   atomic.Int64     // len(pending), read without mu on the hot path
+
+	swept, dropped, failures atomic.Int64
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	failing   atomic.Bool // last sweep failed; logs once per state change
+}
+
+// New returns an Outbox for cfg.Domain and starts its sweeper goroutine.
+func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
+	if cfg.Domain == "" {
+		panic("outbox: Config.Domain is required")
+	}
+	if cfg.Interval < 0 || cfg.Batch < 0 || cfg.MaxAge < 0 {
+		panic("outbox: negative Config value")
+	}
+	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
+	cfg.Batch = cmp.Or(cfg.Batch, 500)
+	cfg.MaxAge = cmp.Or(cfg.MaxAge, 6*time.Minute)
+	o := &Outbox{
+		pool: pool, inv: inv, cfg: cfg,
+		log:     cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
+		pending: make(map[int64]string),
+		byKey:   make(map[string]int),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go o.run()
+	return o
+}
+
+// Invalidate runs after the commit that wrote row id for key: it marks key
+// pending, deletes it from the cache and, when that succeeded, removes the
+// row and the mark. When the delete fails the row stays for the sweeper and
+// the key stays pending, so this process reads it from Postgres meanwhile.
+// It ignores ctx's cancellation (the change has committed; its invalidation
+// must still happen) and is bounded by the Invalidator's own timeout.
+func (o *Outbox) Invalidate(ctx context.Context, key string, id int64) {
+	ctx = context.WithoutCancel(ctx)
+	o.markPending(id, key)
+	if err := o.inv.DeleteFull(ctx, key); err != nil {
+		o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := db.New(o.pool).CacheOutboxDelete(rctx, []int64{id}); err != nil {
+		// The key is deleted; the sweeper deletes it once more and the row.
+		o.log.Debug("outbox row left to the sweeper", "id", id, "err", err)
+	}
+	o.clearPending(id)
+}
+
+// Pending reports whether an invalidation of key by this process has not
+// reached the cache yet.
+func (o *Outbox) Pending(key string) bool {
+	if o.npend.Load() == 0 {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.byKey[key] > 0
+}
+
+func (o *Outbox) markPending(id int64, key string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.pending[id]; ok {
+		return
+	}
+	o.pending[id] = key
+	o.byKey[key]++
+	o.npend.Store(int64(len(o.pending)))
+}
+
+func (o *Outbox) clearPending(ids ...int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, id := range ids {
+		key, ok := o.pending[id]
+		if !ok {
+			continue
+		}
+		delete(o.pending, id)
+		if o.byKey[key]--; o.byKey[key] <= 0 {
+			delete(o.byKey, key)
+		}
+	}
+	o.npend.Store(int64(len(o.pending)))
+}
+
+// Sweep claims this domain's waiting rows oldest first, in batches, with
+// FOR UPDATE SKIP LOCKED (instances sweep side by side), deletes their keys
+// and removes the rows whose keys were deleted; expired rows are dropped. It
+// stops at the first batch whose delete fails and returns that error.
+func (o *Outbox) Sweep(ctx context.Context) error {
+	defer o.forgetSwept(ctx)
+	for {
+		n, err := o.sweepBatch(ctx)
+		if err != nil {
+			return err
+		}
+		if n < o.cfg.Batch {
+			return nil
+		}
+	}
+}
+
+func (o *Outbox) sweepBatch(ctx context.Context) (claimed int, err error) {
+	tx, err := o.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return 0, fmt.Errorf("outbox: sweep: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	q := db.New(tx)
+	rows, err := q.CacheOutboxClaim(ctx, db.CacheOutboxClaimParams{
+		Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch), MaxAgeSeconds: o.cfg.MaxAge.Seconds(),
+	})
+	if err != nil || len(rows) == 0 {
+		if err != nil {
+			err = fmt.Errorf("outbox: sweep: claim: %w", err)
+		}
+		return 0, err
+	}
+	var expired, live []int64
+	var keys []string
+	seen := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		if r.Expired {
+			expired = append(expired, r.ID)
+			continue
+		}
+		live = append(live, r.ID)
+		if !seen[r.CacheKey] {
+			seen[r.CacheKey] = true
+			keys = append(keys, r.CacheKey)
+		}
+	}
+	var delErr error
+	if len(keys) > 0 {
+		delErr = o.inv.DeleteFull(ctx, keys...)
+	}
+	remove := expired
+	if delErr == nil {
+		remove = append(remove, live...)
+	}
+	if len(remove) > 0 {
+		if err := q.CacheOutboxDelete(ctx, remove); err != nil {
+			return 0, fmt.Errorf("outbox: sweep: delete rows: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("outbox: sweep: commit: %w", err)
+	}
+	o.dropped.Add(int64(len(expired)))
+	if delErr != nil {
+		return len(rows), fmt.Errorf("outbox: sweep: delete %d keys: %w", len(keys), delErr)
+	}
+	o.swept.Add(int64(len(live)))
+	o.clearPending(remove...)
+	return len(rows), nil
+}
+
+// forgetSwept clears pending marks whose rows another instance removed.
+func (o *Outbox) forgetSwept(ctx context.Context) {
+	o.mu.Lock()
+	ids := make([]int64, 0, len(o.pending))
+	for id := range o.pending {
+		ids = append(ids, id)
+	}
+	o.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	present, err := db.New(o.pool).CacheOutboxPresent(ctx, ids)
+	if err != nil {
+		return
+	}
+	still := make(map[int64]bool, len(present))
+	for _, id := range present {
+		still[id] = true
+	}
+	var gone []int64
+	for _, id := range ids {
+		if !still[id] {
+			gone = append(gone, id)
+		}
+	}
+	o.clearPending(gone...)
+}
+
+// Stats returns the domain's depth and oldest row age from the table and
+// this process's counters.
+func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
+	row, err := db.New(o.pool).CacheOutboxStats(ctx, o.cfg.Domain)
+	if err != nil {
+		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
+	}
+	o.mu.Lock()
+	pending := len(o.byKey)
+	o.mu.Unlock()
+	return Stats{
+		Depth:     row.Depth,
+		OldestAge: time.Duration(row.OldestAgeSeconds * float64(time.Second)),
+		Pending:   pending,
+		Swept:     o.swept.Load(),
+		Dropped:   o.dropped.Load(),
+		Failures:  o.failures.Load(),
+	}, nil
+}
+
+func (o *Outbox) run() {
+	defer close(o.done)
+	t := time.NewTicker(o.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-o.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, 5*o.cfg.Interval))
+		err := o.Sweep(ctx)
+		cancel()
+		switch {
+		case err != nil:
+			o.failures.Add(1)
+			if !o.failing.Swap(true) {
+				o.log.Warn("cache invalidation sweep failing; rows kept for the next sweep", "err", err)
+			}
+		case o.failing.Swap(false):
+			o.log.Info("cache invalidation sweep recovered")
+		}
+	}
+}
+
+// Close stops the sweeper and waits for a sweep in progress. It is
+// idempotent. Rows left in the table are swept by any other instance.
+func (o *Outbox) Close() error {
+	o.closeOnce.Do(func() { close(o.stop) })
+	<-o.done
+	return nil
+}
