@@ -1,0 +1,34 @@
+// Command ghlcache operates a ghlcache deployment: it applies the schema
+// migrations and checks that Postgres and Redis answer.
+//
+// Usage:
+//
+//	ghlcache [global flags] <command> [flags] [arguments]
+//
+// Run "ghlcache --help" for the list of commands, and "ghlcache <command>
+// --help" for one command. Exit codes: 0 success, 1 failure, 2 usage error.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func main() {
+	// go-redis logs dial failures to stderr by itself; the commands report
+	// every error once, in their own words.
+	redis.SetLogger(discardLogger{})
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(report(os.Stderr, err))
+}
+
+// discardLogger silences go-redis's internal logging.
+type discardLogger struct{}
+
+func (discardLogger) Printf(context.Context, string, ...any) {}
