@@ -24,11 +24,11 @@ type Proxy struct {
 	target string
 	t      testing.TB
 
-	mu      sync.Mutex
-	ln      net.Listener          // nil while blocked or closed
-	conns   map[net.Conn]struct{} // open client and target connections
-	closed  bool
-	wg      sync.WaitGroup // accept loops and copy goroutines
+	mu     sync.Mutex
+	ln     net.Listener          // nil while blocked or closed
+	conns  map[net.Conn]struct{} // open client and target connections
+	closed bool
+	wg     sync.WaitGroup // accept loops and copy goroutines
 }
 
 // StartProxy starts a proxy to target ("host:port") on a free loopback port.
