@@ -94,3 +94,18 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond) // polling with a deadline
 	}
 }
+
+// release is a channel a blocked loader waits on, closed by do or, at the
+// latest, when the test ends (so a failed test does not hang in Close).
+type release struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (r *release) do() { r.once.Do(func() { close(r.ch) }) }
+
+func releaser(t testing.TB) *release {
+	r := &release{ch: make(chan struct{})}
+	t.Cleanup(r.do)
+	return r
+}
