@@ -571,4 +571,3 @@ func TestHealthAndClose(t *testing.T) {
 		t.Fatalf("after Close: %+v %v", v, err)
 	}
 }
-
