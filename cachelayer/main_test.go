@@ -3,7 +3,9 @@ package cachelayer
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -109,3 +111,27 @@ func releaser(t testing.TB) *release {
 	t.Cleanup(r.do)
 	return r
 }
+
+// logBuffer collects what a logger writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+func redisClient(opts *redis.Options) *redis.Client { return redis.NewClient(opts) }
+
+func containsStr(s, sub string) bool { return strings.Contains(s, sub) }
