@@ -83,9 +83,6 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, ttl time.Duration,
 	}
 	select {
 	case <-ctx.Done():
-		if redisFailed {
-			c.st.fallbacks.Add(1) // counted: this read was not served by Redis
-		}
 		return zero, ctx.Err()
 	case r := <-ch:
 		res, ok := r.Val.(*flightResult[T])
