@@ -108,6 +108,19 @@ type flightResult[T any] struct {
 	fallback bool // the load ran because Redis failed or the breaker was open
 }
 
+// answerFromRedis makes an entry found in Redis the flight's answer,
+// replacing the outcome of any earlier load of the flight (whose fill was
+// rejected).
+func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, key string) {
+	r.loaded = false
+	if kind == entryNotFound {
+		var zero T
+		r.v, r.err = zero, &notFoundError{key: key}
+		return
+	}
+	r.v, r.err = v, nil
+}
+
 // Limits of one flight's loop.
 const (
 	maxReloads     = 1 // loads after a rejected fill, before answering anyway
@@ -171,11 +184,8 @@ func runFlight[T any](c *Cache, full, key string, ttl time.Duration,
 		var v T
 		kind, _ := decodeEntry(c.codec, raw, &v)
 		switch kind {
-		case entryValue:
-			res.v = v
-			return res
-		case entryNotFound:
-			res.err = &notFoundError{key: key}
+		case entryValue, entryNotFound:
+			res.answerFromRedis(kind, v, key)
 			return res
 		case entryCorrupt:
 			c.st.corrupt.Add(1)
@@ -240,11 +250,8 @@ func waitLease[T any](c *Cache, ctx context.Context, full, key string, deadline 
 		}
 		var v T
 		switch kind, _ := decodeEntry(c.codec, s, &v); kind {
-		case entryValue:
-			res.v = v
-			return waitAnswered
-		case entryNotFound:
-			res.err = &notFoundError{key: key}
+		case entryValue, entryNotFound:
+			res.answerFromRedis(kind, v, key)
 			return waitAnswered
 		case entryCorrupt:
 			return waitRecheck

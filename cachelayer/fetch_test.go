@@ -528,7 +528,7 @@ func TestGetSetExistsTTL(t *testing.T) {
 
 func TestHealthAndClose(t *testing.T) {
 	t.Parallel()
-	c, _ := realCache(t, nil)
+	c, rdb := realCache(t, nil)
 	ctx := ctxT(t, 10*time.Second)
 	if h := c.Health(ctx); !h.Healthy || h.Latency <= 0 || h.Err != "" {
 		t.Fatalf("health %+v", h)
@@ -562,6 +562,9 @@ func TestHealthAndClose(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal("second Close:", err)
 	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		t.Fatal("Close of a cache from New closed the caller's client:", err)
+	}
 	// Closed: no-cache mode.
 	if c.Available() {
 		t.Fatal("available after Close")
@@ -569,5 +572,40 @@ func TestHealthAndClose(t *testing.T) {
 	v, err := Fetch(ctx, c, "slow", time.Minute, func(context.Context) (row, error) { return sampleRow(2), nil })
 	if err != nil || v != sampleRow(2) {
 		t.Fatalf("after Close: %+v %v", v, err)
+	}
+}
+
+// A flight whose fill was rejected answers with what it then finds in
+// Redis — here a value written by another process after a load that said
+// "not found" — and not with its own stale outcome.
+func TestRejectedFillThenFoundInRedis(t *testing.T) {
+	t.Parallel()
+	c, _ := realCache(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	started, release := make(chan struct{}), releaser(t)
+	done := make(chan error, 1)
+	var got row
+	go func() {
+		var err error
+		got, err = Fetch(ctx, c, "wf:2", time.Minute, func(context.Context) (row, error) {
+			close(started)
+			<-release.ch
+			return row{}, ErrNotFound // what the database said before the write
+		})
+		done <- err
+	}()
+	<-started
+	if err := c.Delete(ctx, "wf:2"); err != nil { // the write's invalidation…
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, "wf:2", sampleRow(2), time.Minute); err != nil { // …and another process's fill
+		t.Fatal(err)
+	}
+	release.do()
+	if err := <-done; err != nil || got != sampleRow(2) {
+		t.Fatalf("got %+v, %v; want the value in Redis", got, err)
+	}
+	if st := c.Stats(); st.StaleFillsRejected != 1 || st.Loads != 1 {
+		t.Fatalf("stats %+v", st)
 	}
 }
