@@ -320,3 +320,38 @@ func TestNewWarnsWithoutContextTimeout(t *testing.T) {
 		t.Fatalf("no warning for a client without ContextTimeoutEnabled: %q", logged.String())
 	}
 }
+
+// Delete waits up to InvalidateTimeout (not OpTimeout) for a slow Redis, and
+// is skipped at once while the breaker is open.
+func TestDeleteUsesInvalidateTimeout(t *testing.T) {
+	t.Parallel()
+	s := testenv.StartRedis(t)
+	c, err := Open(context.Background(), s.URL(), &Config{
+		OpTimeout: 50 * time.Millisecond, InvalidateTimeout: 400 * time.Millisecond, BreakerFailures: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := ctxT(t, 10*time.Second)
+	if err := c.Delete(ctx, "k"); err != nil { // warm a connection
+		t.Fatal(err)
+	}
+	s.Pause()
+	t.Cleanup(s.Resume)
+	start := time.Now()
+	err = c.Delete(ctx, "k")
+	took := time.Since(start)
+	t.Logf("Delete on a hung Redis gave up after %v", took)
+	if !errors.Is(err, ErrUnavailable) || took < 350*time.Millisecond || took > 400*time.Millisecond+opBound {
+		t.Fatalf("Delete: %v after %v; want ErrUnavailable after about InvalidateTimeout", err, took)
+	}
+	start = time.Now()
+	err = c.Delete(ctx, "k") // the breaker is open now
+	if !errors.Is(err, ErrUnavailable) || time.Since(start) > 20*time.Millisecond {
+		t.Fatalf("Delete with the breaker open: %v after %v", err, time.Since(start))
+	}
+	if st := c.Stats(); st.InvalidationFailures != 2 || st.Invalidations != 1 || !st.BreakerOpen {
+		t.Fatalf("stats %+v", st)
+	}
+}
