@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ghl-agency/ghlcache/internal/redact"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -175,7 +175,7 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	}
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return nil, fmt.Errorf("cachelayer: parse redis url %s: %s", redactURL(redisURL), redactErr(err, redisURL))
+		return nil, fmt.Errorf("cachelayer: parse redis url %s: %s", redact.URL(redisURL), redact.String(err.Error(), redisURL))
 	}
 	opts.ContextTimeoutEnabled = true
 	opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
@@ -191,35 +191,9 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	defer cancel()
 	if err := c.rdb.Ping(pctx).Err(); err != nil {
 		c.log.Warn("cachelayer: redis not answering at start; reads go to the loaders until it does",
-			"redis", redactURL(redisURL), "err", redactErr(err, redisURL))
+			"redis", redact.URL(redisURL), "err", redact.String(err.Error(), redisURL))
 	}
 	return c, nil
-}
-
-// redactURL returns rawURL without its password.
-func redactURL(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "<unparseable url>"
-	}
-	return u.Redacted()
-}
-
-// redactErr returns err's message with rawURL and its password masked.
-func redactErr(err error, rawURL string) string {
-	msg := err.Error()
-	msg = strings.ReplaceAll(msg, rawURL, redactURL(rawURL))
-	if u, perr := url.Parse(rawURL); perr == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-			msg = strings.ReplaceAll(msg, url.QueryEscape(pw), "xxxxx")
-			msg = strings.ReplaceAll(msg, url.PathEscape(pw), "xxxxx")
-		}
-	} else if at := strings.LastIndex(rawURL, "@"); at >= 0 {
-		// Unparseable: mask everything before the host, to be safe.
-		msg = strings.ReplaceAll(msg, rawURL[:at], "xxxxx")
-	}
-	return msg
 }
 
 // FullKey returns the key as stored in Redis: the prefix followed by key.

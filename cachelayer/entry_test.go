@@ -28,7 +28,7 @@ func TestEntryKinds(t *testing.T) {
 			t.Fatalf("lease %q decoded as %v", tok, kind)
 		}
 	}
-	if newLeaseToken() == newLeaseToken() {
+	if a, b := newLeaseToken(), newLeaseToken(); a == b {
 		t.Fatal("two leases compare equal")
 	}
 	corrupt := []string{

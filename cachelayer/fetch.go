@@ -1,6 +1,7 @@
 package cachelayer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,7 +31,25 @@ import (
 // loading. A key must always be fetched with the same T.
 func Fetch[T any](ctx context.Context, c *Cache, key string, ttl time.Duration,
 	load func(context.Context) (T, error)) (T, error) {
+	return FetchWith(ctx, c, key, FetchOptions{TTL: ttl}, load)
+}
+
+// FetchOptions tunes one [FetchWith] call.
+type FetchOptions struct {
+	TTL         time.Duration // how long a loaded value is cached (before jitter); must be positive
+	NegativeTTL time.Duration // how long a not-found marker is cached; 0 means Config.NegativeTTL
+}
+
+// FetchWith is [Fetch] with per-call options, such as the not-found TTL of
+// the caller's domain. A negative NegativeTTL is ErrInvalid.
+func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptions,
+	load func(context.Context) (T, error)) (T, error) {
 	var zero T
+	ttl := opts.TTL
+	if opts.NegativeTTL < 0 {
+		return zero, fmt.Errorf("%w: negative NegativeTTL %v", ErrInvalid, opts.NegativeTTL)
+	}
+	negTTL := cmp.Or(opts.NegativeTTL, c.cfg.NegativeTTL)
 	if err := checkKey(key); err != nil {
 		return zero, err
 	}
@@ -76,7 +95,7 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, ttl time.Duration,
 	leader := false // set by our closure if it is the one that runs
 	ch := c.group.DoChan(full, func() (any, error) {
 		leader = true
-		return runFlight(c, full, key, ttl, load, redisFailed), nil
+		return runFlight(c, full, key, ttl, negTTL, load, redisFailed), nil
 	})
 	if c.hookJoined != nil {
 		c.hookJoined(full)
@@ -129,7 +148,7 @@ const (
 
 // runFlight is the body of the one flight of full in this process. It runs
 // detached from every caller, bounded by LoadTimeout.
-func runFlight[T any](c *Cache, full, key string, ttl time.Duration,
+func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 	load func(context.Context) (T, error), skipRedis bool) *flightResult[T] {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LoadTimeout)
 	defer cancel()
@@ -173,7 +192,7 @@ func runFlight[T any](c *Cache, full, key string, ttl time.Duration,
 			fallthrough
 		case leaseTaken:
 			loadOnce()
-			if c.fill(ctx, full, token, ttl, res.v, res.err) || reloads >= maxReloads {
+			if c.fill(ctx, full, token, ttl, negTTL, res.v, res.err) || reloads >= maxReloads {
 				return res
 			}
 			reloads++ // the value may predate an invalidation: load again
@@ -341,12 +360,12 @@ return 0
 // StaleFillsRejected): the caller should reload. Values that cannot or must
 // not be cached release the lease instead; a Redis failure is counted and
 // ignored (the loaded value is still the answer).
-func (c *Cache) fill(ctx context.Context, full, token string, ttl time.Duration, v any, loadErr error) bool {
+func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.Duration, v any, loadErr error) bool {
 	var entry string
 	var px int64
 	switch {
 	case loadErr != nil && errors.Is(loadErr, ErrNotFound):
-		entry, px = notFoundEntry, c.jittered(c.cfg.NegativeTTL)
+		entry, px = notFoundEntry, c.jittered(negTTL)
 	case loadErr != nil:
 		c.release(ctx, full, token) // loader errors are never cached
 		return true

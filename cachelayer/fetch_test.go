@@ -609,3 +609,20 @@ func TestRejectedFillThenFoundInRedis(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func TestFetchWithNegativeTTL(t *testing.T) {
+	t.Parallel()
+	c, rdb := realCache(t, &Config{NegativeTTL: 20 * time.Second})
+	ctx := ctxT(t, 10*time.Second)
+	missing := func(context.Context) (row, error) { return row{}, ErrNotFound }
+	opts := FetchOptions{TTL: time.Minute, NegativeTTL: 5 * time.Second}
+	if _, err := FetchWith(ctx, c, "wf:5", opts, missing); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("got %v, want ErrNotFound", err)
+	}
+	if pttl := rdb.PTTL(ctx, c.FullKey("wf:5")).Val(); pttl > 5*time.Second || pttl < 4*time.Second {
+		t.Fatalf("marker ttl %v, want the call's 5 s (minus jitter), not the config's 20 s", pttl)
+	}
+	if _, err := FetchWith(ctx, c, "wf:6", FetchOptions{TTL: time.Minute, NegativeTTL: -time.Second}, missing); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("negative NegativeTTL: %v, want ErrInvalid", err)
+	}
+}
