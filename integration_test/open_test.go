@@ -1,0 +1,84 @@
+package integration_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghl-agency/ghlcache"
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
+	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/workflows"
+)
+
+func TestOpenWiresBothRepositories(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, 30*time.Second)
+	repos, err := ghlcache.Open(ctx, ghlcache.Config{
+		DatabaseURL: testenv.DatabaseURL(t),
+		RedisURL:    testenv.RedisURL(t),
+		Migrate:     true, // idempotent on the migrated test database
+		Cache:       &cachelayer.Config{Prefix: testenv.Prefix(t)},
+	})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, repos.Close()) }()
+
+	user := testenv.NewID()
+	added, err := repos.Credits.Add(ctx, credits.Change{UserID: user, Type: "enrichment", Amount: 9})
+	require.NoError(t, err)
+	for range 2 {
+		got, err := repos.Credits.Balance(ctx, user, "enrichment")
+		require.NoError(t, err)
+		require.Equal(t, added, got)
+	}
+	d, err := repos.Workflows.Save(ctx, workflows.Definition{Name: "w", Spec: json.RawMessage(`{"a":1}`)})
+	require.NoError(t, err)
+	got, err := repos.Workflows.Definition(ctx, d.ID)
+	require.NoError(t, err)
+	require.Equal(t, d, got)
+
+	st := repos.Cache.Stats()
+	require.True(t, st.Available)
+	require.Positive(t, st.Hits)
+	require.True(t, repos.Cache.Health(ctx).Healthy)
+	require.NoError(t, repos.Pool.Ping(ctx))
+	require.NoError(t, repos.Close(), "Close twice is fine")
+}
+
+func TestOpenWithoutRedisIsNoCacheMode(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, 30*time.Second)
+	repos, err := ghlcache.Open(ctx, ghlcache.Config{DatabaseURL: testenv.DatabaseURL(t)})
+	require.NoError(t, err)
+	defer repos.Close()
+	user := testenv.NewID()
+	added, err := repos.Credits.Add(ctx, credits.Change{UserID: user, Type: "sms", Amount: 3})
+	require.NoError(t, err)
+	got, err := repos.Credits.Balance(ctx, user, "sms")
+	require.NoError(t, err)
+	require.Equal(t, added, got)
+	require.False(t, repos.Cache.Stats().Available)
+	require.Equal(t, "cache disabled", repos.Cache.Health(ctx).Err)
+}
+
+func TestOpenErrorsHidePasswords(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, 30*time.Second)
+	for i, cfg := range []ghlcache.Config{
+		{DatabaseURL: "postgres://u:s3cret@127.0.0.1:1/x?sslmode=disable&connect_timeout=1"},
+		{DatabaseURL: "postgres://u:s3cret@127.0.0.1:99999/x"},
+		{DatabaseURL: "postgres://u:s3cret@[bad/x"},
+		{DatabaseURL: testenv.DatabaseURL(t), RedisURL: "redis://u:s3cret@[bad/0"},
+		{DatabaseURL: testenv.DatabaseURL(t), RedisURL: "http://u:s3cret@127.0.0.1:6379/0"},
+		{DatabaseURL: testenv.DatabaseURL(t), RedisURL: "redis://u:s3cret@127.0.0.1:6379/notanumber"},
+		{},
+	} {
+		repos, err := ghlcache.Open(ctx, cfg)
+		require.Error(t, err, "config %d", i)
+		require.Nil(t, repos)
+		require.NotContains(t, err.Error(), "s3cret")
+	}
+}
