@@ -1,0 +1,112 @@
+package cachelayer
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// breaker is a consecutive-failures circuit breaker. Closed, every call
+// goes through; after threshold consecutive failures it opens and calls are
+// refused; after cooldown exactly one call (the half-open probe) goes
+// through: success closes it, failure opens it for another cooldown.
+//
+// allow is lock-free while closed (one atomic load), which keeps the hit
+// path cheap; state changes take mu.
+type breaker struct {
+	threshold int
+	cooldown  time.Duration
+	logger    *slog.Logger
+	onRecover func() // called once per open → closed transition
+
+	open     atomic.Bool  // state != closed; read without mu on the fast path
+	failures atomic.Int64 // consecutive failures while closed
+
+	mu       sync.Mutex // guards openedAt, probing
+	openedAt time.Time  // when the breaker last opened
+	probing  bool       // a half-open probe is in flight
+}
+
+// allow reports whether a Redis call may be made now. When it returns true
+// for a half-open probe, the caller must report the outcome with success,
+// failure or neutral.
+func (b *breaker) allow() bool {
+	if !b.open.Load() {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.open.Load() {
+		return true
+	}
+	if b.probing || time.Since(b.openedAt) < b.cooldown {
+		return false
+	}
+	b.probing = true
+	return true
+}
+
+// success records a call that Redis answered.
+func (b *breaker) success() {
+	if !b.open.Load() {
+		if b.failures.Load() != 0 {
+			b.failures.Store(0)
+		}
+		return
+	}
+	b.mu.Lock()
+	if !b.open.Load() {
+		b.mu.Unlock()
+		return
+	}
+	b.open.Store(false)
+	b.failures.Store(0)
+	b.probing = false
+	down := time.Since(b.openedAt)
+	b.mu.Unlock()
+	b.logger.Warn("cachelayer: redis is back; circuit breaker closed", "open_for", down.Round(time.Millisecond))
+	if b.onRecover != nil {
+		b.onRecover()
+	}
+}
+
+// failure records a call that failed for want of Redis (timeout, connection
+// error).
+func (b *breaker) failure(err error) {
+	if !b.open.Load() {
+		if b.failures.Add(1) < int64(b.threshold) {
+			return
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.open.Load() {
+		if b.probing { // the half-open probe failed: another cooldown
+			b.probing = false
+			b.openedAt = time.Now()
+		}
+		return
+	}
+	if b.failures.Load() < int64(b.threshold) { // reset by a success meanwhile
+		return
+	}
+	b.open.Store(true)
+	b.openedAt = time.Now()
+	b.logger.Warn("cachelayer: redis failing; circuit breaker open, reads go to the loaders",
+		"consecutive_failures", b.failures.Load(), "cooldown", b.cooldown, "err", err)
+}
+
+// neutral releases a half-open probe whose outcome says nothing about Redis
+// (the caller's context ended first).
+func (b *breaker) neutral() {
+	if !b.open.Load() {
+		return
+	}
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
+}
+
+// isOpen reports whether calls are being refused or probed.
+func (b *breaker) isOpen() bool { return b.open.Load() }

@@ -1,0 +1,418 @@
+package cachelayer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+// Cache is a read-through cache in front of loaders, with Redis as the
+// shared store. It is safe for concurrent use. Create it with [New] or
+// [Open]; a Cache without Redis (no-cache mode) passes every read to its
+// loader.
+type Cache struct {
+	rdb    redis.UniversalClient // nil in no-cache mode
+	owned  bool                  // rdb was made by Open and is closed by Close
+	cfg    Config
+	codec  Codec
+	prefix string
+	log    *slog.Logger
+	br     *breaker
+
+	group singleflight.Group // one flight per full key
+
+	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
+	flights map[string]int // full keys with a running flight (for DeletePrefix)
+	wg      sync.WaitGroup // flights that use Redis, and Health probes
+	closed  atomic.Bool    // set once by Close; then the cache is in no-cache mode
+
+	closeOnce sync.Once
+	closeErr  error
+
+	st counters
+
+	// Test hooks (nil in production): joined runs after a Fetch caller has
+	// joined (or started) the flight of a key; leaseWait runs when a flight
+	// starts waiting for another process's lease.
+	hookJoined    func(fullKey string)
+	hookLeaseWait func(fullKey string)
+}
+
+// counters are the exact counts behind [Stats].
+type counters struct {
+	hits                 atomic.Int64 // Fetch/Get read a value or a not-found marker
+	misses               atomic.Int64 // Fetch/Get read nothing usable
+	loads                atomic.Int64 // loader calls
+	loadsShared          atomic.Int64 // Fetch callers served by another caller's load
+	leaseWaits           atomic.Int64 // flights that waited for another process's lease
+	staleFillsRejected   atomic.Int64 // fills refused because the lease was voided
+	corrupt              atomic.Int64 // undecodable entries replaced by Fetch
+	oversize             atomic.Int64 // values not cached for size
+	redisErrors          atomic.Int64 // Redis calls that failed for want of Redis
+	fallbacks            atomic.Int64 // reads served by a loader because Redis failed or the breaker was open
+	invalidations        atomic.Int64 // keys deleted by Delete, DeleteFull
+	invalidationFailures atomic.Int64 // Delete/DeleteFull calls that did not reach Redis
+	recoveries           atomic.Int64 // breaker open → closed transitions
+}
+
+// Stats are counters since the Cache was created: exact, not sampled.
+type Stats struct {
+	// Hits counts Fetch and Get calls whose own read of Redis found a value
+	// or a not-found marker; Misses counts those whose read found nothing
+	// usable (no key, a lease, an undecodable entry). A call whose read
+	// failed counts in neither (see Fallbacks).
+	Hits, Misses int64
+	// Loads counts loader calls, including reloads after a rejected fill.
+	Loads int64
+	// LoadsShared counts Fetch callers served by a load another caller
+	// started (1000 callers on one load: 999).
+	LoadsShared int64
+	// LeaseWaits counts flights (one per key per process at a time) that
+	// waited for another process's lease.
+	LeaseWaits int64
+	// StaleFillsRejected counts fills refused because an invalidation
+	// voided their lease while they loaded.
+	StaleFillsRejected int64
+	// Corrupt counts undecodable entries (garbage, another format version,
+	// a key of another type) that Fetch replaced; Oversize counts loaded
+	// values served but not cached because they exceed MaxValueBytes (and
+	// Set calls refused for it).
+	Corrupt, Oversize int64
+	// RedisErrors counts Redis calls that failed for want of Redis
+	// (timeouts, connection errors); redis.Nil, error replies such as
+	// WRONGTYPE and the caller's own cancellation are not counted.
+	RedisErrors int64
+	// Fallbacks counts Fetch calls served by a loader because Redis failed
+	// or the breaker was open (their own read, or their flight's).
+	Fallbacks int64
+	// Invalidations counts keys deleted by Delete and DeleteFull (each key
+	// whose UNLINK Redis acknowledged, whether or not it existed).
+	Invalidations int64
+	// InvalidationFailures counts Delete and DeleteFull calls that did not
+	// reach Redis (failed, or skipped while the breaker was open).
+	InvalidationFailures int64
+	// Recoveries counts times the cache became available again after the
+	// breaker had opened.
+	Recoveries int64
+	// Available is false in no-cache mode, after Close and while the
+	// breaker is open.
+	Available bool
+	// BreakerOpen reports whether the breaker is open (or half-open).
+	BreakerOpen bool
+}
+
+// Health is the result of a PING of Redis.
+type Health struct {
+	Healthy bool          // Redis answered the PING
+	Latency time.Duration // how long the PING took (0 when not attempted)
+	Err     string        // why not healthy; "cache disabled" in no-cache mode
+}
+
+// New returns a Cache on rdb (standalone, Cluster or failover client).
+// rdb nil means no-cache mode; cfg nil means all defaults. New never closes
+// rdb. Reads are bounded by Config.OpTimeout only if rdb has
+// ContextTimeoutEnabled; New logs a warning when it can see that it has not.
+// New panics on a negative duration in cfg.
+func New(rdb redis.UniversalClient, cfg *Config) *Cache {
+	conf := withDefaults(cfg)
+	c := &Cache{
+		rdb:     rdb,
+		cfg:     conf,
+		codec:   conf.Codec,
+		prefix:  conf.Prefix,
+		log:     conf.Logger,
+		flights: map[string]int{},
+	}
+	c.br = &breaker{
+		threshold: conf.BreakerFailures,
+		cooldown:  conf.BreakerCooldown,
+		logger:    conf.Logger,
+		onRecover: func() { c.st.recoveries.Add(1) },
+	}
+	if rdb != nil && !contextTimeoutEnabled(rdb) {
+		c.log.Warn("cachelayer: redis client lacks ContextTimeoutEnabled; a hung Redis can stall reads beyond OpTimeout",
+			"op_timeout", conf.OpTimeout)
+	}
+	return c
+}
+
+// contextTimeoutEnabled reports whether rdb honours context deadlines on
+// socket reads, when it can tell (true when it cannot).
+func contextTimeoutEnabled(rdb redis.UniversalClient) bool {
+	switch r := rdb.(type) {
+	case *redis.Client:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return r.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// Open returns a Cache on a standalone Redis given by redisURL
+// (redis://[user:password@]host:port/db, or rediss:// for TLS), configured
+// so that OpTimeout really bounds each call: ContextTimeoutEnabled, one dial
+// attempt of at most max(2×OpTimeout, 250 ms), at most one retry. An empty
+// redisURL means no-cache mode. Open fails only on a bad URL (the error never
+// contains the password); an unreachable Redis is logged and handled like
+// any outage. Close closes the client Open made. For Cluster or Sentinel,
+// build the client and use [New].
+func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
+	conf := withDefaults(cfg)
+	if redisURL == "" {
+		return New(nil, &conf), nil
+	}
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("cachelayer: parse redis url %s: %s", redactURL(redisURL), redactErr(err, redisURL))
+	}
+	opts.ContextTimeoutEnabled = true
+	opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
+	opts.DialerRetries = 1
+	opts.ReadTimeout = max(conf.OpTimeout, conf.InvalidateTimeout)
+	opts.WriteTimeout = opts.ReadTimeout
+	opts.MaxRetries = 1
+	opts.DisableIdentity = true // no CLIENT SETINFO round trips on each new connection
+	c := New(redis.NewClient(opts), &conf)
+	c.owned = true
+
+	pctx, cancel := context.WithTimeout(ctx, max(conf.OpTimeout, 250*time.Millisecond))
+	defer cancel()
+	if err := c.rdb.Ping(pctx).Err(); err != nil {
+		c.log.Warn("cachelayer: redis not answering at start; reads go to the loaders until it does",
+			"redis", redactURL(redisURL), "err", redactErr(err, redisURL))
+	}
+	return c, nil
+}
+
+// redactURL returns rawURL without its password.
+func redactURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "<unparseable url>"
+	}
+	return u.Redacted()
+}
+
+// redactErr returns err's message with rawURL and its password masked.
+func redactErr(err error, rawURL string) string {
+	msg := err.Error()
+	msg = strings.ReplaceAll(msg, rawURL, redactURL(rawURL))
+	if u, perr := url.Parse(rawURL); perr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+			msg = strings.ReplaceAll(msg, url.QueryEscape(pw), "xxxxx")
+			msg = strings.ReplaceAll(msg, url.PathEscape(pw), "xxxxx")
+		}
+	} else if at := strings.LastIndex(rawURL, "@"); at >= 0 {
+		// Unparseable: mask everything before the host, to be safe.
+		msg = strings.ReplaceAll(msg, rawURL[:at], "xxxxx")
+	}
+	return msg
+}
+
+// FullKey returns the key as stored in Redis: the prefix followed by key.
+func (c *Cache) FullKey(key string) string { return c.prefix + key }
+
+// Available reports whether the cache uses Redis now: Redis configured,
+// the Cache not closed, and the breaker not open.
+func (c *Cache) Available() bool {
+	return c.rdb != nil && !c.closed.Load() && !c.br.isOpen()
+}
+
+// Stats returns the counters since New.
+func (c *Cache) Stats() Stats {
+	return Stats{
+		Hits:                 c.st.hits.Load(),
+		Misses:               c.st.misses.Load(),
+		Loads:                c.st.loads.Load(),
+		LoadsShared:          c.st.loadsShared.Load(),
+		LeaseWaits:           c.st.leaseWaits.Load(),
+		StaleFillsRejected:   c.st.staleFillsRejected.Load(),
+		Corrupt:              c.st.corrupt.Load(),
+		Oversize:             c.st.oversize.Load(),
+		RedisErrors:          c.st.redisErrors.Load(),
+		Fallbacks:            c.st.fallbacks.Load(),
+		Invalidations:        c.st.invalidations.Load(),
+		InvalidationFailures: c.st.invalidationFailures.Load(),
+		Recoveries:           c.st.recoveries.Load(),
+		Available:            c.Available(),
+		BreakerOpen:          c.br.isOpen(),
+	}
+}
+
+// healthTimeout bounds Health whatever the client's settings.
+const healthTimeout = time.Second
+
+// Health pings Redis and reports its latency. It returns within 1 s (or
+// sooner if ctx ends) even if Redis hangs, and does not consult the breaker.
+// In no-cache mode it reports Healthy false, Err "cache disabled".
+func (c *Cache) Health(ctx context.Context) Health {
+	if c.rdb == nil {
+		return Health{Err: "cache disabled"}
+	}
+	if !c.enter() {
+		return Health{Err: "cache closed"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	// The PING runs apart so that a client without ContextTimeoutEnabled
+	// cannot hold Health past its deadline; Close waits for it.
+	go func() {
+		defer c.wg.Done()
+		done <- c.rdb.Ping(ctx).Err()
+	}()
+	select {
+	case err := <-done:
+		lat := time.Since(start)
+		if err != nil {
+			return Health{Latency: lat, Err: err.Error()}
+		}
+		return Health{Healthy: true, Latency: lat}
+	case <-ctx.Done():
+		return Health{Latency: time.Since(start), Err: "ping: " + ctx.Err().Error()}
+	}
+}
+
+// Close stops the cache from using Redis, waits for flights that are
+// filling and for Health probes, and closes the client if Open made it.
+// Afterwards the cache behaves as in no-cache mode. It is idempotent.
+func (c *Cache) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed.Store(true)
+		c.mu.Unlock()
+		c.wg.Wait()
+		if c.owned && c.rdb != nil {
+			c.closeErr = c.rdb.Close()
+		}
+	})
+	return c.closeErr
+}
+
+// enter registers a user of Redis that Close must wait for; it reports
+// false (registering nothing) once Close has begun.
+func (c *Cache) enter() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
+// useRedis reports whether a call may go to Redis now, counting a refusal
+// by the breaker. It does not count no-cache mode or a closed cache.
+func (c *Cache) useRedis() bool {
+	return c.rdb != nil && !c.closed.Load() && c.br.allow()
+}
+
+// outcome classifies err, the result of a Redis call made for a caller
+// whose context is ctx, and feeds the breaker. It returns nil or redis.Nil
+// unchanged; an error reply of Redis that says nothing about its health
+// (WRONGTYPE, not an integer…) unchanged; the caller's own context error
+// (not a Redis failure); or, for a failure of Redis, an error that Is
+// ErrUnavailable (counted in RedisErrors).
+func (c *Cache) outcome(ctx context.Context, err error) error {
+	if err == nil || err == redis.Nil {
+		c.br.success()
+		return err
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		c.br.neutral()
+		return ctxErr
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) && !unhealthyReply(err) {
+		c.br.success()
+		return err
+	}
+	c.st.redisErrors.Add(1)
+	c.br.failure(err)
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// unhealthyReply reports whether an error reply means Redis cannot serve
+// (loading, failing over, out of memory, script busy, auth…).
+func unhealthyReply(err error) bool {
+	for _, p := range []string{"LOADING", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN",
+		"BUSY", "NOAUTH", "WRONGPASS", "NOPERM", "OOM", "MISCONF", "ERR max number of clients"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// opCtx returns ctx bounded by OpTimeout.
+func (c *Cache) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.cfg.OpTimeout)
+}
+
+// errNoCache is what calls that cannot fall back return in no-cache mode.
+var errNoCache = fmt.Errorf("%w: no-cache mode", ErrUnavailable)
+
+// errBreakerOpen is what calls that cannot fall back return while the
+// breaker refuses calls.
+var errBreakerOpen = fmt.Errorf("%w: circuit breaker open", ErrUnavailable)
+
+// unavailableErr says why Redis cannot be used now.
+func (c *Cache) unavailableErr() error {
+	if c.rdb == nil || c.closed.Load() {
+		return errNoCache
+	}
+	return errBreakerOpen
+}
+
+// noCache reports whether the cache runs without Redis (no-cache mode or
+// closed).
+func (c *Cache) noCache() bool { return c.rdb == nil || c.closed.Load() }
+
+// checkKey validates a key passed in by a caller.
+func checkKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	if len(key) > MaxKeyLen {
+		return fmt.Errorf("%w: key of %d bytes exceeds %d", ErrInvalid, len(key), MaxKeyLen)
+	}
+	return nil
+}
+
+// checkTTL validates a ttl passed in by a caller.
+func checkTTL(ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("%w: ttl %v must be positive", ErrInvalid, ttl)
+	}
+	return nil
+}
+
+// jittered returns ttl shortened by a random fraction in [0, Jitter], in
+// whole milliseconds and at least 1 ms (Redis PX).
+func (c *Cache) jittered(ttl time.Duration) int64 {
+	ms := ttl.Milliseconds()
+	if span := int64(float64(ms) * c.cfg.Jitter); span > 0 {
+		ms -= rand.Int64N(span + 1)
+	}
+	return max(ms, 1)
+}
+
+// notFoundError is returned for a cached not-found marker.
+type notFoundError struct{ key string }
+
+func (e *notFoundError) Error() string        { return "cachelayer: " + e.key + ": not found (cached)" }
+func (e *notFoundError) Is(target error) bool { return target == ErrNotFound }

@@ -1,0 +1,144 @@
+package cachelayer
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// TTLs for common kinds of data, as in the service this package replaces.
+const (
+	TTLShort  = 60 * time.Second // fast-changing data, e.g. credit balances
+	TTLMedium = 5 * time.Minute  // e.g. workflow definitions
+	TTLLong   = time.Hour
+	TTLDay    = 24 * time.Hour
+)
+
+// NoExpiry is what [Cache.TTL] returns for a key that exists without an
+// expiry (Redis PTTL -1), which entries written by this package never are.
+const NoExpiry time.Duration = -1
+
+// MaxKeyLen is the longest key (without the prefix) the cache accepts.
+const MaxKeyLen = 1024
+
+// Errors. Every error this package returns that stems from one of these
+// wraps it, so callers test with [errors.Is].
+var (
+	// ErrUnavailable is returned by calls that cannot fall back to a
+	// loader when Redis failed, the circuit breaker is open, or the cache
+	// is in no-cache mode (see the package documentation, call by call).
+	ErrUnavailable = errors.New("cachelayer: cache unavailable")
+	// ErrNotFound marks "does not exist": loaders return an error that Is
+	// it to have the absence cached (negative caching); Fetch and Get
+	// return it for a cached not-found marker; TTL returns it for a key
+	// that holds no value.
+	ErrNotFound = errors.New("cachelayer: not found")
+	// ErrInvalid is returned for an empty or over-long key, a ttl <= 0 and
+	// other bad arguments; nothing is written.
+	ErrInvalid = errors.New("cachelayer: invalid argument")
+)
+
+// Config tunes a [Cache]. The zero value of every field means its default;
+// a negative duration is a programming error and makes New and Open panic.
+type Config struct {
+	// Prefix namespaces every key the cache stores; default "ghl:".
+	Prefix string
+	// OpTimeout bounds each Redis call on the read path (and Set, Exists,
+	// TTL, Incr, Allow); default 100 ms.
+	OpTimeout time.Duration
+	// InvalidateTimeout bounds each Delete (and each round trip of
+	// DeletePrefix), so that a slow Redis still gets the delete after a
+	// write; default 1 s.
+	InvalidateTimeout time.Duration
+	// LoadTimeout bounds the detached, shared call of a loader; default 5 s.
+	LoadTimeout time.Duration
+	// LeaseTTL is how long a lease (the placeholder a loading process puts
+	// in the key) lives if its holder never fills it; default 3 s.
+	LeaseTTL time.Duration
+	// LeaseWait is how long a process that finds another's lease waits
+	// for its fill before loading without filling; default 1 s.
+	LeaseWait time.Duration
+	// NegativeTTL is how long a not-found marker lives; default 30 s.
+	NegativeTTL time.Duration
+	// Jitter is the largest fraction shaved off each fill's TTL at random,
+	// so keys filled together do not expire together; default 0.1. It must
+	// be below 1; a negative value disables jitter.
+	Jitter float64
+	// BreakerFailures is the number of consecutive Redis failures that
+	// open the circuit breaker; default 5.
+	BreakerFailures int
+	// BreakerCooldown is how long the breaker stays open before one
+	// half-open probe; default 1 s.
+	BreakerCooldown time.Duration
+	// MaxValueBytes is the largest encoded entry the cache stores; larger
+	// values are served but not cached. Default 256 KiB.
+	MaxValueBytes int
+	// Codec encodes values; default JSON.
+	Codec Codec
+	// Logger receives warnings on state changes (breaker open and closed,
+	// a client without ContextTimeoutEnabled), never one per request;
+	// default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	defaultPrefix            = "ghl:"
+	defaultOpTimeout         = 100 * time.Millisecond
+	defaultInvalidateTimeout = time.Second
+	defaultLoadTimeout       = 5 * time.Second
+	defaultLeaseTTL          = 3 * time.Second
+	defaultLeaseWait         = time.Second
+	defaultNegativeTTL       = 30 * time.Second
+	defaultJitter            = 0.1
+	defaultBreakerFailures   = 5
+	defaultBreakerCooldown   = time.Second
+	defaultMaxValueBytes     = 256 << 10
+)
+
+// withDefaults validates cfg (panicking on negative durations and other
+// impossible values) and returns a copy with every zero field defaulted.
+func withDefaults(cfg *Config) Config {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	for name, d := range map[string]time.Duration{
+		"OpTimeout": c.OpTimeout, "InvalidateTimeout": c.InvalidateTimeout,
+		"LoadTimeout": c.LoadTimeout, "LeaseTTL": c.LeaseTTL, "LeaseWait": c.LeaseWait,
+		"NegativeTTL": c.NegativeTTL, "BreakerCooldown": c.BreakerCooldown,
+	} {
+		if d < 0 {
+			panic(fmt.Sprintf("cachelayer: Config.%s is negative (%v)", name, d))
+		}
+	}
+	if c.BreakerFailures < 0 || c.MaxValueBytes < 0 {
+		panic("cachelayer: Config.BreakerFailures and Config.MaxValueBytes must not be negative")
+	}
+	if c.Jitter >= 1 {
+		panic(fmt.Sprintf("cachelayer: Config.Jitter %v must be below 1", c.Jitter))
+	}
+	c.Prefix = cmp.Or(c.Prefix, defaultPrefix)
+	c.OpTimeout = cmp.Or(c.OpTimeout, defaultOpTimeout)
+	c.InvalidateTimeout = cmp.Or(c.InvalidateTimeout, defaultInvalidateTimeout)
+	c.LoadTimeout = cmp.Or(c.LoadTimeout, defaultLoadTimeout)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, defaultLeaseTTL)
+	c.LeaseWait = cmp.Or(c.LeaseWait, defaultLeaseWait)
+	c.NegativeTTL = cmp.Or(c.NegativeTTL, defaultNegativeTTL)
+	c.Jitter = cmp.Or(c.Jitter, defaultJitter)
+	if c.Jitter < 0 {
+		c.Jitter = 0
+	}
+	c.BreakerFailures = cmp.Or(c.BreakerFailures, defaultBreakerFailures)
+	c.BreakerCooldown = cmp.Or(c.BreakerCooldown, defaultBreakerCooldown)
+	c.MaxValueBytes = cmp.Or(c.MaxValueBytes, defaultMaxValueBytes)
+	if c.Codec == nil {
+		c.Codec = JSON{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}

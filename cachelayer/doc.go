@@ -1,0 +1,62 @@
+// Package cachelayer is a read-through (cache-aside) cache with Redis as the
+// shared store, for values loaded from a slower source of truth such as
+// Postgres. It knows nothing of what it caches: callers pass a key, a TTL and
+// a loader to [Fetch].
+//
+// # What it promises
+//
+//   - One load per key per process: concurrent Fetch calls of a key share one
+//     flight (golang.org/x/sync/singleflight), also when Redis is down. The
+//     load runs detached from the callers (bounded by Config.LoadTimeout);
+//     each caller waits on its own context, so one cancelled caller fails no
+//     other. Loader errors reach the callers of that flight and are never
+//     cached, except those that are [ErrNotFound] (negative caching).
+//   - One load per key across processes: on a miss a process takes a lease
+//     held in the key itself (a placeholder that can never decode as a value;
+//     works on Redis Cluster without hash tags). Only the holder loads; the
+//     others wait up to Config.LeaseWait for its fill, then load without
+//     filling.
+//   - No stale set, no stale read: the fill is a compare-and-set that succeeds
+//     only while the holder's lease is still in the key. [Cache.Delete]
+//     removes leases, so a value loaded before an invalidation is never
+//     written after it; a rejected fill loads again before answering its
+//     callers; and Delete makes later reads in this process start a new
+//     flight. With Redis healthy, no read that begins after an invalidation
+//     completed returns a value loaded before it, in any process.
+//     In degraded modes — the breaker open, Redis failing, or a lease wait
+//     exhausted — a read is served by a load of its own (shared only within
+//     the process) and may return a value loaded at most one load duration
+//     before it began.
+//   - Bounded latency: with a Cache from [Open], a read waits on Redis at
+//     most Config.OpTimeout (a cache from [New] only if its client has
+//     ContextTimeoutEnabled). Redis failures are never read failures: the
+//     read falls back to its loader. After Config.BreakerFailures consecutive
+//     failures a circuit breaker skips Redis; after Config.BreakerCooldown
+//     one probe goes through, and success closes it. Recovery is automatic.
+//     redis.Nil and the caller's own cancellation are not failures.
+//   - Values are stored as one header byte (format version, kind) and the
+//     [Codec]'s bytes (JSON by default). Fetch replaces undecodable entries,
+//     entries of another format version and keys of another type (Corrupt);
+//     values larger than Config.MaxValueBytes are served but not cached.
+//     Each fill's TTL is shortened at random by up to Config.Jitter.
+//   - Exact [Stats], atomic counters; warnings through log/slog on state
+//     changes only; [Cache.Close] waits for fills and leaks no goroutine.
+//
+// # Unavailable Redis, call by call
+//
+// In no-cache mode (Open with "", New with a nil client, or after Close):
+// Fetch calls its loader (still one flight per key); Get and Exists return
+// false, nil; Delete and DeletePrefix return nil and 0, nil; Set, Incr and
+// TTL return [ErrUnavailable]; Allow returns true and ErrUnavailable (it
+// fails open; the caller decides); Health reports Healthy false with Err
+// "cache disabled". When Redis fails or the breaker is open, the same, except
+// that Get, Exists, Delete and DeletePrefix also return an error that Is
+// ErrUnavailable.
+//
+// # Keys
+//
+// Keys are passed without the namespace (Config.Prefix, "ghl:" by default),
+// which the cache adds. Counters of [Cache.Incr] and [Cache.Allow] are plain
+// Redis integers: keep them under keys that Fetch never reads, such as
+// "rate:{userId}:{endpoint}".
+package cachelayer

@@ -1,0 +1,420 @@
+package cachelayer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Get reads the value cached under key into dst (a pointer) and reports
+// whether there was one. It never loads. It returns false and nil for a
+// missing key (or one being loaded), false and an error that Is ErrNotFound
+// for a cached not-found marker, and a decode error for an undecodable entry,
+// which it leaves in place. In no-cache mode it returns false, nil; when
+// Redis fails or the breaker is open, false and an error that Is
+// ErrUnavailable.
+func (c *Cache) Get(ctx context.Context, key string, dst any) (found bool, err error) {
+	if err := checkKey(key); err != nil {
+		return false, err
+	}
+	if c.noCache() {
+		return false, nil
+	}
+	if !c.br.allow() {
+		return false, errBreakerOpen
+	}
+	opCtx, cancel := c.opCtx(ctx)
+	s, err := c.rdb.Get(opCtx, c.prefix+key).Result()
+	cancel()
+	switch err = c.outcome(ctx, err); {
+	case err == redis.Nil:
+		c.st.misses.Add(1)
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("cachelayer: get %s: %w", key, err)
+	}
+	kind, derr := decodeEntry(c.codec, s, dst)
+	switch kind {
+	case entryValue:
+		c.st.hits.Add(1)
+		return true, nil
+	case entryNotFound:
+		c.st.hits.Add(1)
+		return false, &notFoundError{key: key}
+	case entryLease:
+		c.st.misses.Add(1)
+		return false, nil
+	}
+	c.st.misses.Add(1)
+	return false, fmt.Errorf("cachelayer: get %s: %w", key, derr)
+}
+
+// Set caches v under key for exactly ttl (no jitter), replacing whatever is
+// there; a lease there is voided, so a fill of a load that began before Set
+// is rejected. Values whose encoding exceeds MaxValueBytes are refused with
+// ErrInvalid (and counted in Oversize). In no-cache mode, when Redis fails or
+// the breaker is open, Set returns an error that Is ErrUnavailable.
+func (c *Cache) Set(ctx context.Context, key string, v any, ttl time.Duration) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	if err := checkTTL(ttl); err != nil {
+		return err
+	}
+	b, err := encodeValue(c.codec, v)
+	if err != nil {
+		return fmt.Errorf("cachelayer: set %s: encode: %w", key, err)
+	}
+	if len(b) > c.cfg.MaxValueBytes {
+		c.st.oversize.Add(1)
+		return fmt.Errorf("%w: value of %d bytes exceeds MaxValueBytes %d", ErrInvalid, len(b), c.cfg.MaxValueBytes)
+	}
+	if !c.useRedis() {
+		return c.unavailableErr()
+	}
+	full := c.prefix + key
+	opCtx, cancel := c.opCtx(ctx)
+	err = c.rdb.Set(opCtx, full, b, ttl).Err()
+	cancel()
+	c.group.Forget(full)
+	if err = c.outcome(ctx, err); err != nil {
+		return fmt.Errorf("cachelayer: set %s: %w", key, err)
+	}
+	return nil
+}
+
+// Delete removes keys from the cache, one UNLINK per key (pipelined; safe
+// on Redis Cluster), bounded by InvalidateTimeout. It voids leases on them,
+// so fills of loads that began before it are rejected, and makes later
+// Fetch calls in this process start new flights. In no-cache mode it returns
+// nil. When Redis fails or the breaker is open (it is then not attempted) it
+// returns an error that Is ErrUnavailable; the caller should retry (see the
+// outbox of the cached repositories).
+func (c *Cache) Delete(ctx context.Context, keys ...string) error {
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		if err := checkKey(k); err != nil {
+			return err
+		}
+		full[i] = c.prefix + k
+	}
+	return c.deleteFull(ctx, full)
+}
+
+// DeleteFull is Delete for keys already prefixed (as [Cache.FullKey]
+// returns them), possibly by caches with another Prefix: an outbox sweeper
+// deletes keys that other instances wrote.
+func (c *Cache) DeleteFull(ctx context.Context, fullKeys ...string) error {
+	for _, k := range fullKeys {
+		if k == "" || len(k) > MaxKeyLen+len(c.prefix) {
+			return fmt.Errorf("%w: full key %q", ErrInvalid, k)
+		}
+	}
+	return c.deleteFull(ctx, fullKeys)
+}
+
+func (c *Cache) deleteFull(ctx context.Context, full []string) error {
+	if len(full) == 0 {
+		return nil
+	}
+	c.forget(full)
+	if c.noCache() {
+		return nil
+	}
+	if !c.br.allow() {
+		c.st.invalidationFailures.Add(1)
+		return fmt.Errorf("cachelayer: delete: %w", errBreakerOpen)
+	}
+	ictx, cancel := context.WithTimeout(ctx, c.cfg.InvalidateTimeout)
+	defer cancel()
+	var err error
+	var done int64
+	if len(full) == 1 {
+		if err = c.rdb.Unlink(ictx, full[0]).Err(); err == nil {
+			done = 1
+		}
+	} else {
+		var cmds []redis.Cmder
+		cmds, err = c.rdb.Pipelined(ictx, func(p redis.Pipeliner) error {
+			for _, k := range full {
+				p.Unlink(ictx, k)
+			}
+			return nil
+		})
+		for _, cmd := range cmds {
+			if cmd.Err() == nil {
+				done++
+			}
+		}
+	}
+	c.st.invalidations.Add(done)
+	c.forget(full)
+	if err = c.outcome(ctx, err); err != nil {
+		c.st.invalidationFailures.Add(1)
+		if !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return fmt.Errorf("cachelayer: delete: %w", err)
+	}
+	return nil
+}
+
+// forget makes the in-process flights of full keys unjoinable.
+func (c *Cache) forget(full []string) {
+	for _, k := range full {
+		c.group.Forget(k)
+	}
+}
+
+// deletePrefixBatch is the SCAN COUNT and the number of UNLINKs pipelined
+// per round trip.
+const deletePrefixBatch = 1000
+
+// DeletePrefix deletes every key that starts with prefix (under this
+// cache's Prefix) and returns how many it deleted. The glob characters
+// `\ * ? [ ]` in prefix are matched literally. It SCANs every master of a
+// Cluster (every shard of a Ring) — never KEYS — and UNLINKs each key found
+// (pipelined in batches, one key per command, so no multi-slot command), each
+// round trip bounded by InvalidateTimeout. Leases on those keys are voided
+// and their in-process flights forgotten. prefix must not be empty
+// (ErrInvalid). In no-cache mode it returns 0, nil; when Redis fails or the
+// breaker is open, the count so far and an error that Is ErrUnavailable.
+func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) {
+	if prefix == "" {
+		return 0, fmt.Errorf("%w: empty prefix (would delete the whole namespace)", ErrInvalid)
+	}
+	if len(prefix) > MaxKeyLen {
+		return 0, fmt.Errorf("%w: prefix of %d bytes exceeds %d", ErrInvalid, len(prefix), MaxKeyLen)
+	}
+	if c.noCache() {
+		return 0, nil
+	}
+	if !c.br.allow() {
+		return 0, fmt.Errorf("cachelayer: delete prefix: %w", errBreakerOpen)
+	}
+	full := c.prefix + prefix
+	pattern := escapeGlob(full) + "*"
+	var deleted atomic.Int64
+	scan := func(ctx context.Context, node *redis.Client) error {
+		var cursor uint64
+		for {
+			sctx, cancel := context.WithTimeout(ctx, c.cfg.InvalidateTimeout)
+			keys, next, err := node.Scan(sctx, cursor, pattern, deletePrefixBatch).Result()
+			if err == nil && len(keys) > 0 {
+				var cmds []redis.Cmder
+				cmds, err = node.Pipelined(sctx, func(p redis.Pipeliner) error {
+					for _, k := range keys {
+						p.Unlink(sctx, k)
+					}
+					return nil
+				})
+				for _, cmd := range cmds {
+					if n, cerr := cmd.(*redis.IntCmd).Result(); cerr == nil {
+						deleted.Add(n)
+					}
+				}
+			}
+			cancel()
+			if err != nil {
+				return err
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	var err error
+	switch r := c.rdb.(type) {
+	case *redis.ClusterClient:
+		err = r.ForEachMaster(ctx, scan)
+	case *redis.Ring:
+		err = r.ForEachShard(ctx, scan)
+	case *redis.Client:
+		err = scan(ctx, r)
+	default:
+		return 0, fmt.Errorf("%w: DeletePrefix does not support %T", ErrInvalid, c.rdb)
+	}
+	c.forgetPrefix(full)
+	if err = c.outcome(ctx, err); err != nil {
+		if !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return deleted.Load(), fmt.Errorf("cachelayer: delete prefix: %w", err)
+	}
+	return deleted.Load(), nil
+}
+
+// forgetPrefix makes the running flights of keys under full unjoinable.
+func (c *Cache) forgetPrefix(full string) {
+	c.mu.Lock()
+	var keys []string
+	for k := range c.flights {
+		if strings.HasPrefix(k, full) {
+			keys = append(keys, k)
+		}
+	}
+	c.mu.Unlock()
+	c.forget(keys)
+}
+
+// escapeGlob escapes the characters SCAN MATCH treats as a glob.
+func escapeGlob(s string) string {
+	if !strings.ContainsAny(s, `\*?[]`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\', '*', '?', '[', ']':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Exists reports whether key holds a value (or a counter of Incr/Allow); a
+// not-found marker or a lease is not one. In no-cache mode it returns false,
+// nil; when Redis fails or the breaker is open, false and an error that Is
+// ErrUnavailable.
+func (c *Cache) Exists(ctx context.Context, key string) (bool, error) {
+	if err := checkKey(key); err != nil {
+		return false, err
+	}
+	if c.noCache() {
+		return false, nil
+	}
+	if !c.br.allow() {
+		return false, errBreakerOpen
+	}
+	opCtx, cancel := c.opCtx(ctx)
+	head, err := c.rdb.GetRange(opCtx, c.prefix+key, 0, 0).Result()
+	cancel()
+	if err = c.outcome(ctx, err); err != nil {
+		if redis.HasErrorPrefix(err, "WRONGTYPE") {
+			return true, nil // a key of another type exists
+		}
+		return false, fmt.Errorf("cachelayer: exists %s: %w", key, err)
+	}
+	return head != "" && head[0] != leaseMagic && head[0] != headerNotFound, nil
+}
+
+// ttlScript returns the PTTL of a key unless it holds a lease or a
+// not-found marker (then -2, as for a missing key).
+var ttlScript = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return -2 end
+if t == 'string' then
+  local h = redis.call('GETRANGE', KEYS[1], 0, 0)
+  if h == '\0' or h == ARGV[1] then return -2 end
+end
+return redis.call('PTTL', KEYS[1])
+`)
+
+// TTL returns how long key has left to live, or [NoExpiry]. For a missing
+// key, a lease or a not-found marker it returns an error that Is
+// ErrNotFound. In no-cache mode, when Redis fails or the breaker is open, it
+// returns an error that Is ErrUnavailable.
+func (c *Cache) TTL(ctx context.Context, key string) (time.Duration, error) {
+	if err := checkKey(key); err != nil {
+		return 0, err
+	}
+	if !c.useRedis() {
+		return 0, c.unavailableErr()
+	}
+	opCtx, cancel := c.opCtx(ctx)
+	ms, err := ttlScript.Run(opCtx, c.rdb, []string{c.prefix + key}, notFoundEntry).Int64()
+	cancel()
+	if err = c.outcome(ctx, err); err != nil {
+		return 0, fmt.Errorf("cachelayer: ttl %s: %w", key, err)
+	}
+	switch {
+	case ms == -2:
+		return 0, fmt.Errorf("cachelayer: ttl %s: %w", key, ErrNotFound)
+	case ms < 0:
+		return NoExpiry, nil
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// incrScript adds ARGV[1] to the counter and gives it a TTL of ARGV[2] ms
+// if it has none (it was just created), in one atomic step.
+var incrScript = redis.NewScript(`
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return n
+`)
+
+// Incr adds by (negative to decrement) to the integer counter under key and
+// returns the new value. A counter created by Incr expires ttl after its
+// creation (later calls do not extend it), so it can never live forever; ttl
+// must be positive. Counters are plain Redis integers: use keys that Fetch
+// never reads (e.g. "rate:…"). In no-cache mode, when Redis fails or the
+// breaker is open, Incr returns an error that Is ErrUnavailable.
+func (c *Cache) Incr(ctx context.Context, key string, by int64, ttl time.Duration) (int64, error) {
+	if err := checkKey(key); err != nil {
+		return 0, err
+	}
+	if err := checkTTL(ttl); err != nil {
+		return 0, err
+	}
+	if !c.useRedis() {
+		return 0, c.unavailableErr()
+	}
+	opCtx, cancel := c.opCtx(ctx)
+	n, err := incrScript.Run(opCtx, c.rdb, []string{c.prefix + key}, by, max(ttl.Milliseconds(), 1)).Int64()
+	cancel()
+	if err = c.outcome(ctx, err); err != nil {
+		return 0, fmt.Errorf("cachelayer: incr %s: %w", key, err)
+	}
+	return n, nil
+}
+
+// allowScript counts one call in the current window of the counter, starting
+// the window (its TTL) on the first call, in one atomic step.
+var allowScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+`)
+
+// Allow is a fixed-window rate limiter: it counts a call under key and
+// reports whether it is among the first limit calls of the current window,
+// which starts with the first call and lasts window. Counting and starting
+// the window are one atomic step, so concurrent callers never exceed limit.
+// It fails open: in no-cache mode, when Redis fails or the breaker is open it
+// returns true and an error that Is ErrUnavailable (the caller decides).
+// limit and window must be positive (else false, ErrInvalid).
+func (c *Cache) Allow(ctx context.Context, key string, limit int64, window time.Duration) (bool, error) {
+	if err := checkKey(key); err != nil {
+		return false, err
+	}
+	if limit <= 0 {
+		return false, fmt.Errorf("%w: limit %d must be positive", ErrInvalid, limit)
+	}
+	if err := checkTTL(window); err != nil {
+		return false, err
+	}
+	if !c.useRedis() {
+		return true, c.unavailableErr()
+	}
+	opCtx, cancel := c.opCtx(ctx)
+	n, err := allowScript.Run(opCtx, c.rdb, []string{c.prefix + key}, max(window.Milliseconds(), 1)).Int64()
+	cancel()
+	if err = c.outcome(ctx, err); err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return true, fmt.Errorf("cachelayer: allow %s: %w", key, err)
+		}
+		return false, fmt.Errorf("cachelayer: allow %s: %w", key, err)
+	}
+	return n <= limit, nil
+}

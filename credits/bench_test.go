@@ -1,0 +1,91 @@
+package credits_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
+	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+)
+
+// benchRepos returns a store and a user with a balance for the read
+// benchmarks.
+func benchUser(b *testing.B) (*credits.Store, int64) {
+	b.Helper()
+	store := credits.NewStore(testenv.Pool(b))
+	user := testenv.NewID()
+	if _, err := store.Add(context.Background(), credits.Change{UserID: user, Type: enrichment, Amount: 1000}); err != nil {
+		b.Fatal(err)
+	}
+	return store, user
+}
+
+func runReads(b *testing.B, repo credits.Repo, user int64) {
+	b.Helper()
+	ctx := context.Background()
+	for _, par := range []int{1, 16} {
+		b.Run(fmt.Sprintf("goroutines=%d", par), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(par) // × GOMAXPROCS; the ratio between runs is what counts
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := repo.Balance(ctx, user, enrichment); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkStoreBalance is the Postgres primary-key read every cached read
+// is measured against.
+func BenchmarkStoreBalance(b *testing.B) {
+	store, user := benchUser(b)
+	runReads(b, store, user)
+}
+
+// BenchmarkCachedBalanceHit reads a balance that is in Redis.
+func BenchmarkCachedBalanceHit(b *testing.B) {
+	store, user := benchUser(b)
+	cache := cachelayer.New(testenv.Redis(b), &cachelayer.Config{Prefix: testenv.Prefix(b)})
+	b.Cleanup(func() { _ = cache.Close() })
+	repo := credits.NewCached(store, cache, nil)
+	b.Cleanup(func() { _ = repo.Close() })
+	runReads(b, repo, user)
+}
+
+// BenchmarkCachedBalanceBreakerOpen reads through a cache whose Redis is
+// gone and whose breaker is open: every read goes to Postgres, and the cost
+// over BenchmarkStoreBalance is the cache layer's own.
+func BenchmarkCachedBalanceBreakerOpen(b *testing.B) {
+	store, user := benchUser(b)
+	rdb := redis.NewClient(&redis.Options{
+		Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(b)), ContextTimeoutEnabled: true,
+		MaxRetries: -1, DialTimeout: 50 * time.Millisecond,
+	})
+	b.Cleanup(func() { _ = rdb.Close() })
+	cache := cachelayer.New(rdb, &cachelayer.Config{Prefix: "bench:", BreakerCooldown: time.Hour})
+	b.Cleanup(func() { _ = cache.Close() })
+	repo := credits.NewCached(store, cache, nil)
+	b.Cleanup(func() { _ = repo.Close() })
+	ctx := context.Background()
+	for range 20 {
+		if _, err := repo.Balance(ctx, user, enrichment); err != nil {
+			b.Fatal(err)
+		}
+		if cache.Stats().BreakerOpen {
+			break
+		}
+	}
+	if !cache.Stats().BreakerOpen {
+		b.Fatal("breaker did not open")
+	}
+	runReads(b, repo, user)
+}

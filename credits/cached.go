@@ -1,0 +1,125 @@
+package credits
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/internal/outbox"
+)
+
+// CachedConfig configures a [Cached]. Zero fields take the defaults.
+type CachedConfig struct {
+	TTL           time.Duration // how long a balance stays cached, cachelayer.TTLShort (60 s)
+	SweepInterval time.Duration // between outbox sweeps, 1 s
+	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
+	Logger        *slog.Logger  // slog.Default()
+}
+
+// OutboxStats describes the invalidation outbox of a cached repository.
+type OutboxStats = outbox.Stats
+
+// Cached is a [Repo] that serves balances through a cachelayer.Cache (key
+// [Key], TTL 60 s) and sends every change to its [Store].
+//
+// A change records the balance's cache key in the outbox in its own
+// transaction; after commit Cached deletes the key (which also voids any
+// in-flight fill of the old value) and removes the row. If that delete fails,
+// the key stays in the outbox and this process reads it from Postgres until a
+// sweep (its own or another instance's) has deleted it; the sweeper runs
+// every SweepInterval. Writes succeed whether or not Redis is reachable.
+type Cached struct {
+	store  *Store
+	cache  *cachelayer.Cache
+	ttl    time.Duration
+	outbox *outbox.Outbox
+}
+
+var _ Repo = (*Cached)(nil)
+
+// NewCached wraps store with cache and starts the outbox sweeper; cfg nil
+// means defaults. Close stops the sweeper (it does not close store or cache).
+func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
+	if cfg == nil {
+		cfg = &CachedConfig{}
+	}
+	if cfg.TTL < 0 {
+		panic("credits: negative CachedConfig.TTL")
+	}
+	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
+	return &Cached{
+		store: store,
+		cache: c,
+		ttl:   ttl,
+		outbox: outbox.New(store.pool, c, outbox.Config{
+			Domain:   OutboxDomain,
+			Interval: cfg.SweepInterval,
+			Batch:    cfg.SweepBatch,
+			MaxAge:   ttl + time.Minute,
+			Logger:   cfg.Logger,
+		}),
+	}
+}
+
+// Balance implements [Repo]: a read through the cache, or from Postgres while
+// this process's own invalidation of the key is pending.
+func (c *Cached) Balance(ctx context.Context, userID int64, t Type) (Balance, error) {
+	if err := validateOwner(userID, t); err != nil {
+		return Balance{}, err
+	}
+	key := Key(userID, t)
+	if c.outbox.Pending(c.cache.FullKey(key)) {
+		return c.store.Balance(ctx, userID, t)
+	}
+	return cachelayer.Fetch(ctx, c.cache, key, c.ttl, func(ctx context.Context) (Balance, error) {
+		return c.store.Balance(ctx, userID, t)
+	})
+}
+
+// Add implements [Repo]; the cached balance is invalidated after commit.
+func (c *Cached) Add(ctx context.Context, ch Change) (Balance, error) {
+	return c.change(ctx, ch, +1)
+}
+
+// Deduct implements [Repo]; the decision is Postgres's alone (never from a
+// cached balance), and the cached balance is invalidated after commit.
+func (c *Cached) Deduct(ctx context.Context, ch Change) (Balance, error) {
+	return c.change(ctx, ch, -1)
+}
+
+func (c *Cached) change(ctx context.Context, ch Change, sign int64) (Balance, error) {
+	full := c.cache.FullKey(Key(ch.UserID, ch.Type))
+	b, id, err := c.store.change(ctx, ch, sign, full)
+	if err != nil {
+		return Balance{}, err
+	}
+	if id != 0 {
+		c.outbox.Invalidate(ctx, full, id)
+	} else {
+		// An idempotent replay: the first attempt owns the invalidation,
+		// which may still be on its way; one more delete costs little.
+		_ = c.cache.DeleteFull(context.WithoutCancel(ctx), full)
+	}
+	return b, nil
+}
+
+// History implements [Repo]; it is not cached.
+func (c *Cached) History(ctx context.Context, userID int64, t Type, limit int) ([]Entry, error) {
+	return c.store.History(ctx, userID, t, limit)
+}
+
+// Sweep runs one outbox sweep now (the sweeper also runs every
+// SweepInterval): it deletes the keys of leftover rows and removes the rows.
+func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
+
+// OutboxStats returns the outbox depth and oldest row age of credit
+// invalidations, and this process's sweeper counters.
+func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) {
+	return c.outbox.Stats(ctx)
+}
+
+// Close stops the outbox sweeper and waits for a sweep in progress. It is
+// idempotent and closes neither the store nor the cache.
+func (c *Cached) Close() error { return c.outbox.Close() }

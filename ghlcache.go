@@ -1,0 +1,124 @@
+// Package ghlcache wires the cached repositories of user credit balances and
+// workflow definitions for a service: one [Open] with a Postgres and a Redis
+// URL returns both, ready to use, and one Close releases everything.
+//
+// The packages underneath can be used on their own: cachelayer (the generic
+// cache-aside engine), credits and workflows (domain types, Postgres stores,
+// cached decorators) and db (migrations).
+package ghlcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
+	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/redact"
+	"github.com/ghl-agency/ghlcache/workflows"
+)
+
+// Config configures [Open]. Only DatabaseURL is required.
+type Config struct {
+	DatabaseURL string // postgres://…; production wants sslmode=verify-full
+	RedisURL    string // redis:// or rediss://; "" means no-cache mode (every read goes to Postgres)
+	MaxConns    int32  // Postgres pool size; 0 keeps pgx's default (max(4, NumCPU))
+	Migrate     bool   // apply the embedded migrations before returning
+
+	Cache     *cachelayer.Config      // nil: defaults (prefix "ghl:", 100 ms per Redis call, …)
+	Credits   *credits.CachedConfig   // nil: defaults (TTL 60 s)
+	Workflows *workflows.CachedConfig // nil: defaults (TTL 300 s, not-found 30 s)
+	Logger    *slog.Logger            // slog.Default()
+}
+
+// Repos holds the cached repositories and what they run on. Credits and
+// Workflows are safe for concurrent use; Pool and Cache are there for
+// advanced use (health checks, metrics) and are closed by Close.
+type Repos struct {
+	Credits   *credits.Cached
+	Workflows *workflows.Cached
+	Pool      *pgxpool.Pool
+	Cache     *cachelayer.Cache
+}
+
+// Open connects to Postgres (checked with a ping) and Redis, and returns both
+// cached repositories. Redis being down is not an error: the cache falls
+// back to Postgres and recovers by itself. Errors never contain a password.
+func Open(ctx context.Context, cfg Config) (*Repos, error) {
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("ghlcache: Config.DatabaseURL is empty")
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("ghlcache: database url %s: %w", redact.URL(cfg.DatabaseURL), redact.Error(err, cfg.DatabaseURL))
+	}
+	if cfg.MaxConns > 0 {
+		pcfg.MaxConns = cfg.MaxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("ghlcache: connect %s: %w", redact.URL(cfg.DatabaseURL), redact.Error(err, cfg.DatabaseURL))
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = pool.Ping(pctx)
+	cancel()
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ghlcache: ping %s: %w", redact.URL(cfg.DatabaseURL), redact.Error(err, cfg.DatabaseURL))
+	}
+	if cfg.Migrate {
+		if err := db.Migrate(ctx, pool); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("ghlcache: %w", err)
+		}
+	}
+	ccfg := cfg.Cache
+	if ccfg == nil {
+		ccfg = &cachelayer.Config{}
+	}
+	if ccfg.Logger == nil && cfg.Logger != nil {
+		c := *ccfg
+		c.Logger = cfg.Logger
+		ccfg = &c
+	}
+	cache, err := cachelayer.Open(ctx, cfg.RedisURL, ccfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ghlcache: %w", err)
+	}
+	crCfg := withLogger(cfg.Credits, cfg.Logger, func(c *credits.CachedConfig) **slog.Logger { return &c.Logger })
+	wfCfg := withLogger(cfg.Workflows, cfg.Logger, func(c *workflows.CachedConfig) **slog.Logger { return &c.Logger })
+	return &Repos{
+		Credits:   credits.NewCached(credits.NewStore(pool), cache, crCfg),
+		Workflows: workflows.NewCached(workflows.NewStore(pool), cache, wfCfg),
+		Pool:      pool,
+		Cache:     cache,
+	}, nil
+}
+
+// withLogger returns a copy of cfg (or a zero config) with its logger set to
+// l unless it has one.
+func withLogger[C any](cfg *C, l *slog.Logger, field func(*C) **slog.Logger) *C {
+	var c C
+	if cfg != nil {
+		c = *cfg
+	}
+	if f := field(&c); *f == nil {
+		*f = l
+	}
+	return &c
+}
+
+// Close stops the repositories' outbox sweepers, then closes the cache and
+// the pool. Outbox rows left behind are swept by any other instance. It is
+// safe to call more than once.
+func (r *Repos) Close() error {
+	err := errors.Join(r.Credits.Close(), r.Workflows.Close(), r.Cache.Close())
+	r.Pool.Close()
+	return err
+}

@@ -1,0 +1,210 @@
+package testenv
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Proxy is a TCP proxy on a loopback port of its own that forwards every
+// connection to a target address. A test points a client at Proxy.Addr and
+// then cuts the client off from the target with Block — without touching the
+// target, which other clients (another process of the test) keep using — and
+// lets it through again with Open.
+//
+// Its methods are safe for concurrent use. It is closed when the test ends.
+type Proxy struct {
+	// Addr is the proxy's "127.0.0.1:port"; it stays the same across
+	// Block and Open.
+	Addr string
+
+	target string
+	t      testing.TB
+
+	mu     sync.Mutex
+	ln     net.Listener          // nil while blocked or closed
+	conns  map[net.Conn]struct{} // open client and target connections
+	closed bool
+	wg     sync.WaitGroup // accept loops and copy goroutines
+}
+
+// StartProxy starts a proxy to target ("host:port") on a free loopback port.
+func StartProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testenv: proxy listen: %v", err)
+	}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, t: t, conns: map[net.Conn]struct{}{}}
+	p.serve(ln)
+	t.Cleanup(p.Close)
+	return p
+}
+
+func (p *Proxy) serve(ln net.Listener) {
+	p.ln = ln
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // listener closed by Block or Close
+			}
+			p.wg.Add(1)
+			go func() { defer p.wg.Done(); p.forward(c) }()
+		}
+	}()
+}
+
+// track registers c so that Block and Close can drop it; it reports false
+// (and closes c) when the proxy is blocked or closed meanwhile.
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.ln == nil {
+		c.Close()
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	c.Close()
+}
+
+func (p *Proxy) forward(client net.Conn) {
+	if !p.track(client) {
+		return
+	}
+	defer p.untrack(client)
+	upstream, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	if err != nil {
+		return // the client sees its connection closed, as with a dead target
+	}
+	if !p.track(upstream) {
+		return
+	}
+	defer p.untrack(upstream)
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		done <- struct{}{}
+	}
+	go pipe(upstream, client)
+	go pipe(client, upstream)
+	<-done // either side closing ends both (deferred closes unblock the other copy)
+	client.Close()
+	upstream.Close()
+	<-done
+}
+
+// Block makes the target unreachable through the proxy: it drops every open
+// connection (clients see a reset or EOF) and stops listening, so new
+// connections are refused. Open undoes it.
+func (p *Proxy) Block() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Open makes the target reachable again after Block, listening on the same
+// address. It fails the test if the port was taken meanwhile.
+func (p *Proxy) Open() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.ln != nil {
+		return
+	}
+	var ln net.Listener
+	var err error
+	// The old listener's socket may take a moment to be released.
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		if ln, err = net.Listen("tcp", p.Addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+	if err != nil {
+		p.t.Errorf("testenv: proxy reopen %s: %v", p.Addr, err)
+		return
+	}
+	p.serve(ln)
+}
+
+// Close stops the proxy for good, drops its connections and waits for its
+// goroutines. It is idempotent.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.Block()
+	p.wg.Wait()
+}
+
+// BlackHole is a TCP listener that accepts connections and never answers
+// nor closes them: a client pointed at it sees a server that hangs. It is
+// closed when the test ends.
+type BlackHole struct {
+	// Addr is the listener's "127.0.0.1:port".
+	Addr string
+
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+// StartBlackHole starts a black-hole listener on a free loopback port.
+func StartBlackHole(t testing.TB) *BlackHole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testenv: black hole listen: %v", err)
+	}
+	b := &BlackHole{Addr: ln.Addr().String(), ln: ln}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if errors.Is(err, net.ErrClosed) {
+				return
+			} else if err != nil {
+				continue
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c) // held open, never read
+			b.mu.Unlock()
+		}
+	}()
+	t.Cleanup(b.Close)
+	return b
+}
+
+// Close stops listening and closes the held connections. It is idempotent.
+func (b *BlackHole) Close() {
+	b.once.Do(func() {
+		b.ln.Close()
+		b.wg.Wait()
+		b.mu.Lock()
+		for _, c := range b.conns {
+			c.Close()
+		}
+		b.mu.Unlock()
+	})
+}

@@ -1,0 +1,127 @@
+package workflows
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/internal/outbox"
+)
+
+// CachedConfig configures a [Cached]. Zero fields take the defaults.
+type CachedConfig struct {
+	TTL           time.Duration // how long a definition stays cached, cachelayer.TTLMedium (300 s)
+	NegativeTTL   time.Duration // how long "not found" stays cached, 30 s
+	SweepInterval time.Duration // between outbox sweeps, 1 s
+	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
+	Logger        *slog.Logger  // slog.Default()
+}
+
+// OutboxStats describes the invalidation outbox of a cached repository.
+type OutboxStats = outbox.Stats
+
+// Cached is a [Repo] that serves definitions through a cachelayer.Cache (key
+// [Key], TTL 300 s, "not found" cached 30 s) and sends every change to its
+// [Store]. Invalidation works as in credits.Cached: the key is recorded in
+// the outbox in the change's transaction, deleted after commit, and swept
+// later if that delete failed. Save of a new definition also deletes its
+// key, so a "not found" cached before it existed never hides it.
+type Cached struct {
+	store  *Store
+	cache  *cachelayer.Cache
+	opts   cachelayer.FetchOptions
+	outbox *outbox.Outbox
+}
+
+var _ Repo = (*Cached)(nil)
+
+// NewCached wraps store with cache and starts the outbox sweeper; cfg nil
+// means defaults. Close stops the sweeper (it does not close store or cache).
+func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
+	if cfg == nil {
+		cfg = &CachedConfig{}
+	}
+	if cfg.TTL < 0 || cfg.NegativeTTL < 0 {
+		panic("workflows: negative CachedConfig duration")
+	}
+	opts := cachelayer.FetchOptions{
+		TTL:         cmp.Or(cfg.TTL, cachelayer.TTLMedium),
+		NegativeTTL: cmp.Or(cfg.NegativeTTL, 30*time.Second),
+	}
+	return &Cached{
+		store: store,
+		cache: c,
+		opts:  opts,
+		outbox: outbox.New(store.pool, c, outbox.Config{
+			Domain:   OutboxDomain,
+			Interval: cfg.SweepInterval,
+			Batch:    cfg.SweepBatch,
+			MaxAge:   max(opts.TTL, opts.NegativeTTL) + time.Minute,
+			Logger:   cfg.Logger,
+		}),
+	}
+}
+
+// Definition implements [Repo]: a read through the cache (a missing id is
+// cached as "not found"), or from Postgres while this process's own
+// invalidation of the key is pending.
+func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
+	if err := validateID(id); err != nil {
+		return Definition{}, err
+	}
+	key := Key(id)
+	if c.outbox.Pending(c.cache.FullKey(key)) {
+		return c.store.Definition(ctx, id)
+	}
+	d, err := cachelayer.FetchWith(ctx, c.cache, key, c.opts, func(ctx context.Context) (Definition, error) {
+		d, err := c.store.Definition(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			return d, fmt.Errorf("%w (%w)", err, cachelayer.ErrNotFound)
+		}
+		return d, err
+	})
+	if err != nil && errors.Is(err, cachelayer.ErrNotFound) && !errors.Is(err, ErrNotFound) {
+		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	return d, err
+}
+
+// Save implements [Repo]; the definition's key is invalidated after commit.
+func (c *Cached) Save(ctx context.Context, d Definition) (Definition, error) {
+	out, id, err := c.store.save(ctx, d, c.fullKey)
+	if err != nil {
+		return Definition{}, err
+	}
+	c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
+	return out, nil
+}
+
+// Delete implements [Repo]; the definition's key is invalidated after commit.
+func (c *Cached) Delete(ctx context.Context, id int64) error {
+	rowID, err := c.store.delete(ctx, id, c.fullKey)
+	if err != nil {
+		return err
+	}
+	c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
+	return nil
+}
+
+func (c *Cached) fullKey(id int64) string { return c.cache.FullKey(Key(id)) }
+
+// Sweep runs one outbox sweep now (the sweeper also runs every
+// SweepInterval): it deletes the keys of leftover rows and removes the rows.
+func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
+
+// OutboxStats returns the outbox depth and oldest row age of workflow
+// invalidations, and this process's sweeper counters.
+func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) {
+	return c.outbox.Stats(ctx)
+}
+
+// Close stops the outbox sweeper and waits for a sweep in progress. It is
+// idempotent and closes neither the store nor the cache.
+func (c *Cached) Close() error { return c.outbox.Close() }
