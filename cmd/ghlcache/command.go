@@ -39,6 +39,7 @@ var commands = []*command{
 	healthCommand,
 	demoCommand,
 	benchCommand,
+	cacheCommand,
 }
 
 // env is what every command gets: the global settings and the output streams.

@@ -65,6 +65,7 @@ type demoOptions struct {
 	users, workflows   int
 	concurrency, burst int
 	json               bool
+	noCache            bool // set from the global flag
 }
 
 // demoCreditTypes are the credit types every demo user has.
@@ -165,6 +166,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		return usagef(path, "--prefix must not be empty")
 	}
 	begin := time.Now()
+	o.noCache = e.global.noCache
 	logger := slog.New(slog.DiscardHandler)
 	rep := &demoReport{
 		Mode: "redis", Prefix: o.prefix, Users: o.users, CreditTypes: demoCreditTypes, Workflows: o.workflows,
@@ -520,8 +522,10 @@ func (d *demo) check(ctx context.Context) (demoConsistency, error) {
 	qctx, cancel := context.WithTimeout(ctx, demoQuiesceTimeout)
 	defer cancel()
 	for {
+		// While the breaker is open a sweep fails; keep trying until the
+		// deadline (the breaker's probe is one of these calls).
 		err := errors.Join(d.credits.Sweep(qctx), d.workflows.Sweep(qctx))
-		if err != nil {
+		if err != nil && !errors.Is(err, cachelayer.ErrUnavailable) {
 			return c, err
 		}
 		cs, err1 := d.credits.OutboxStats(qctx)
@@ -530,7 +534,7 @@ func (d *demo) check(ctx context.Context) (demoConsistency, error) {
 			return c, err
 		}
 		c.OutboxDepthAtCheck = cs.Depth + ws.Depth
-		if c.OutboxDepthAtCheck == 0 || !d.cache.Available() {
+		if c.OutboxDepthAtCheck == 0 && (d.cache.Available() || d.opts.noCache) {
 			break
 		}
 		select {
@@ -567,7 +571,7 @@ func (d *demo) check(ctx context.Context) (demoConsistency, error) {
 				for _, t := range demoCreditTypes {
 					u := d.firstUser + int64(i)
 					var got credits.Balance
-					found, err := d.cache.Get(ctx, credits.Key(u, t), &got)
+					found, err := getRetrying(ctx, d.cache, credits.Key(u, t), &got)
 					if err != nil {
 						fail(err)
 						return
@@ -590,7 +594,7 @@ func (d *demo) check(ctx context.Context) (demoConsistency, error) {
 			}
 			for i := w; i < len(d.defIDs); i += workers {
 				var got workflows.Definition
-				found, err := d.cache.Get(ctx, workflows.Key(d.defIDs[i]), &got)
+				found, err := getRetrying(ctx, d.cache, workflows.Key(d.defIDs[i]), &got)
 				if errors.Is(err, cachelayer.ErrNotFound) {
 					continue
 				}
@@ -636,6 +640,24 @@ type cacheCounters struct {
 	Invalidations        int64 `json:"invalidations"`
 	InvalidationFailures int64 `json:"invalidation_failures"`
 	Recoveries           int64 `json:"recoveries"`
+}
+
+// getRetrying is cache.Get that waits out an open breaker (a Redis call
+// slower than the cache's timeout on a loaded machine opens it), for up to
+// demoQuiesceTimeout.
+func getRetrying(ctx context.Context, c *cachelayer.Cache, key string, dst any) (bool, error) {
+	deadline := time.Now().Add(demoQuiesceTimeout)
+	for {
+		found, err := c.Get(ctx, key, dst)
+		if !errors.Is(err, cachelayer.ErrUnavailable) || time.Now().After(deadline) {
+			return found, err
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(50 * time.Millisecond): // the breaker's cooldown is 1 s
+		}
+	}
 }
 
 // statsDelta returns the counters of a since b.

@@ -206,7 +206,9 @@ func (s *ghlcacheSystem) Add(ctx context.Context, k Key, amount int64) (credits.
 // invalidation has then reached Redis.
 func (s *ghlcacheSystem) Quiesce(ctx context.Context) error {
 	for {
-		if err := s.repo.Sweep(ctx); err != nil {
+		// While Redis is unreachable or the breaker open, a sweep fails;
+		// keep trying (the breaker's probe is one of these calls).
+		if err := s.repo.Sweep(ctx); err != nil && !errors.Is(err, cachelayer.ErrUnavailable) {
 			return err
 		}
 		st, err := s.repo.OutboxStats(ctx)
