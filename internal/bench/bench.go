@@ -117,6 +117,7 @@ type HitRow struct {
 	P99         Duration  `json:"p99"`
 	CPUPerOp    Duration  `json:"cpu_per_op"`      // this process
 	VsFloor     float64   `json:"mean_vs_floor"`   // mean latency / the floor's
+	P50VsFloor  float64   `json:"p50_vs_floor"`    // median latency / the floor's
 	VsPostgres  float64   `json:"ops_vs_postgres"` // throughput / Postgres's
 	RoundsOpsPS []float64 `json:"rounds_ops_per_sec"`
 }
@@ -420,7 +421,7 @@ func hitRows(hits map[string]map[int][]*LoadResult, cfg Config) []HitRow {
 		names = append(names, string(k))
 	}
 	for _, g := range cfg.Concurrency {
-		var floorMean, pgOps float64
+		var floorMean, floorP50, pgOps float64
 		start := len(rows)
 		for _, name := range names {
 			rs := hits[name][g]
@@ -436,7 +437,7 @@ func hitRows(hits map[string]map[int][]*LoadResult, cfg Config) []HitRow {
 				return float64(r.CPU.Process) / float64(max(r.Reads, 1))
 			}))
 			if name == FloorName {
-				floorMean = float64(row.Mean)
+				floorMean, floorP50 = float64(row.Mean), float64(row.P50)
 			}
 			if name == string(KindPostgres) {
 				pgOps = row.OpsPerSec
@@ -446,6 +447,7 @@ func hitRows(hits map[string]map[int][]*LoadResult, cfg Config) []HitRow {
 		for i := start; i < len(rows); i++ {
 			if floorMean > 0 {
 				rows[i].VsFloor = float64(rows[i].Mean) / floorMean
+				rows[i].P50VsFloor = float64(rows[i].P50) / floorP50
 			}
 			if pgOps > 0 {
 				rows[i].VsPostgres = rows[i].OpsPerSec / pgOps
