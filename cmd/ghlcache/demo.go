@@ -65,7 +65,6 @@ type demoOptions struct {
 	users, workflows   int
 	concurrency, burst int
 	json               bool
-	noCache            bool // set from the global flag
 }
 
 // demoCreditTypes are the credit types every demo user has.
@@ -166,7 +165,6 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		return usagef(path, "--prefix must not be empty")
 	}
 	begin := time.Now()
-	o.noCache = e.global.noCache
 	logger := slog.New(slog.DiscardHandler)
 	rep := &demoReport{
 		Mode: "redis", Prefix: o.prefix, Users: o.users, CreditTypes: demoCreditTypes, Workflows: o.workflows,
@@ -534,7 +532,7 @@ func (d *demo) check(ctx context.Context) (demoConsistency, error) {
 			return c, err
 		}
 		c.OutboxDepthAtCheck = cs.Depth + ws.Depth
-		if c.OutboxDepthAtCheck == 0 && (d.cache.Available() || d.opts.noCache) {
+		if c.OutboxDepthAtCheck == 0 {
 			break
 		}
 		select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -60,3 +61,23 @@ func (q *QueryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pg
 
 // TraceQueryEnd implements pgx.QueryTracer.
 func (q *QueryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// WaitQuiet waits until no query has started for window (loads detached
+// from their callers, such as a cache's shared loads, may outlive the
+// workload that started them), or until max has passed.
+func (q *QueryCounter) WaitQuiet(ctx context.Context, window, max time.Duration) {
+	deadline := time.Now().Add(max)
+	last := q.total.Load()
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(window):
+		}
+		now := q.total.Load()
+		if now == last {
+			return
+		}
+		last = now
+	}
+}

@@ -151,6 +151,7 @@ type StampedeResult struct {
 // pool that counter traces).
 func Stampede(ctx context.Context, instances []ReadFunc, k Key, goroutines int, counter *QueryCounter) (StampedeResult, error) {
 	res := StampedeResult{Goroutines: goroutines, Instances: len(instances)}
+	counter.WaitQuiet(ctx, 20*time.Millisecond, 2*time.Second) // leftovers of the previous workload
 	start := make(chan struct{})
 	var ready, done sync.WaitGroup
 	var errs atomic.Int64
