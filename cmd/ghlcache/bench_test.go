@@ -46,10 +46,14 @@ func TestBenchTiny(t *testing.T) {
 			require.EqualValues(t, 100, s.Queries)
 		case string(bench.KindGhlcache):
 			// One load per key per process always; across processes the
-			// lease makes it one too, unless a loaded test machine made
-			// Redis slower than the cache's timeouts (then each instance
-			// loads once: degraded mode).
-			require.EqualValues(t, 1, s.Queries, "ghlcache on %d instance(s)", s.Instances)
+			// lease makes it one too, unless the loaded test machine (-race,
+			// every package at once) made Redis slower than the cache's
+			// 100 ms timeout: then each instance loads once (degraded mode).
+			// The lease itself is cachelayer's to test; `ghlcache bench`
+			// reports the figure on a real run.
+			if s.Instances == 1 {
+				require.EqualValues(t, 1, s.MaxQueries, "ghlcache on one instance")
+			}
 			require.LessOrEqual(t, s.MaxQueries, int64(s.Instances), "ghlcache on %d instance(s)", s.Instances)
 		}
 	}

@@ -60,7 +60,11 @@ func TestDemoJSON(t *testing.T) {
 	require.Equal(t, 40*len(demoCreditTypes)+8, c.Warmup.Keys)
 	// The burst: every reader queries without the cache, one with it.
 	require.EqualValues(t, 100, b.Burst.Queries)
-	require.EqualValues(t, 1, c.Burst.Queries)
+	// One, or two when an outbox sweep's repeated delete of the key voided
+	// the flight's lease: the fill is then rejected and the flight loads
+	// once more before answering (no stale set), as designed.
+	require.GreaterOrEqual(t, c.Burst.Queries, int64(1))
+	require.LessOrEqual(t, c.Burst.Queries, int64(2))
 	require.Positive(t, c.Cache.LoadsShared)
 	require.NotEmpty(t, rep.Summary)
 }
