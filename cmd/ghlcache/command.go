@@ -37,6 +37,9 @@ type runFunc func(ctx context.Context, env *env, args []string) error
 var commands = []*command{
 	migrateCommand,
 	healthCommand,
+	demoCommand,
+	benchCommand,
+	cacheCommand,
 }
 
 // env is what every command gets: the global settings and the output streams.

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/bench"
+)
+
+// defaultDemoDatabase is the database demo and bench create (once) and use
+// on the server of --database-url, so that they never touch an application's
+// tables.
+const defaultDemoDatabase = "ghlcache_demo"
+
+// demoDatabaseHelp documents --db-name for demo and bench.
+const demoDatabaseHelp = "database to create (if missing), migrate and use on the server of --database-url; \"\" uses --database-url's own database"
+
+// openDemoDatabase creates (if missing) the database name on the server of
+// the configured URL, migrates it and returns its URL. configure may adjust
+// the pool (a tracer).
+func openDemoDatabase(ctx context.Context, e *env, name string, configure func(*pgxpool.Config)) (*pgxpool.Pool, string, error) {
+	serverURL := e.databaseURL()
+	if _, err := parsePoolConfig(serverURL); err != nil {
+		return nil, "", err
+	}
+	dbURL, _, err := bench.EnsureDatabase(ctx, serverURL, name)
+	if err != nil {
+		return nil, "", &scrubbedError{msg: scrub(err.Error(), serverURL), err: err}
+	}
+	cfg, err := parsePoolConfig(dbURL)
+	if err != nil {
+		return nil, "", err
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = postgresConnectTimeout
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, "", wrapURL(dbURL, err, "postgres %s", redactURL(dbURL))
+	}
+	if err := db.Migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, "", wrapURL(dbURL, err, "migrate %s", redactURL(dbURL))
+	}
+	return pool, dbURL, nil
+}
+
+// redisOptions parses the configured Redis URL into client options whose
+// socket reads honour context deadlines. Commands that cannot work without
+// Redis reject --no-cache here.
+func redisOptions(e *env, command string) (*redis.Options, error) {
+	if e.global.noCache {
+		return nil, usagef("ghlcache "+command, "needs Redis: drop --no-cache")
+	}
+	raw := e.redisURL()
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, invalidURL("redis", raw, err)
+	}
+	opts.ContextTimeoutEnabled = true
+	return opts, nil
+}

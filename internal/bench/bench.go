@@ -1,0 +1,586 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghl-agency/ghlcache/credits"
+	"github.com/ghl-agency/ghlcache/db"
+)
+
+// Config describes a peer comparison. Zero fields take the defaults, which
+// keep a run around two minutes on a 2-core machine.
+type Config struct {
+	DatabaseURL  string         // a database of its own for the bench (migrated by Run)
+	RedisOptions *redis.Options // every system gets clients with these options
+	Prefix       string         // full key prefix of the run, e.g. "ghl:bench:"; each system gets a sub-prefix
+
+	Systems            []Kind        // default Kinds
+	Users              int           // keys of the hit and 95/5 workloads (one balance each), 10 000
+	Rounds             int           // rounds of every measurement, 3; results are medians
+	Duration           time.Duration // of each timed run, 1 s
+	Concurrency        []int         // goroutines of the hit-heavy workload, 1, 16, 64
+	MixedGoroutines    int           // goroutines of the 95/5 workload, 16
+	WriteFraction      float64       // of the mixed workload, 0.05
+	StampedeGoroutines int           // readers of one cold key, 1000
+	StampedeInstances  int           // instances of the multi-process stampede, 4
+	StalenessKeys      int           // keys of the staleness probe, 100
+	StalenessInstances int           // instances sharing them, 2
+	StalenessWriters   int           // 4
+	StalenessReaders   int           // 16
+	StalenessDuration  time.Duration // 1 s
+
+	// Progress, if set, is called before each step with the number of
+	// steps done and the total.
+	Progress func(step string, done, total int)
+	Logger   *slog.Logger // ghlcache's warnings; nil: discard
+}
+
+func (c *Config) defaults() {
+	if len(c.Systems) == 0 {
+		c.Systems = Kinds
+	}
+	c.Users = cmp.Or(c.Users, 10_000)
+	c.Rounds = cmp.Or(c.Rounds, 3)
+	c.Duration = cmp.Or(c.Duration, time.Second)
+	if len(c.Concurrency) == 0 {
+		c.Concurrency = []int{1, 16, 64}
+	}
+	c.MixedGoroutines = cmp.Or(c.MixedGoroutines, 16)
+	c.WriteFraction = cmp.Or(c.WriteFraction, 0.05)
+	c.StampedeGoroutines = cmp.Or(c.StampedeGoroutines, 1000)
+	c.StampedeInstances = cmp.Or(c.StampedeInstances, 4)
+	c.StalenessKeys = cmp.Or(c.StalenessKeys, 100)
+	c.StalenessInstances = cmp.Or(c.StalenessInstances, 2)
+	c.StalenessWriters = cmp.Or(c.StalenessWriters, 4)
+	c.StalenessReaders = cmp.Or(c.StalenessReaders, 16)
+	c.StalenessDuration = cmp.Or(c.StalenessDuration, time.Second)
+	c.Prefix = cmp.Or(c.Prefix, "ghl:bench:")
+}
+
+// FloorName is the name of the raw floor in results.
+const FloorName = "redis GET+decode (floor)"
+
+// Results is what Run measured. Every figure is the median over rounds.
+type Results struct {
+	Environment Environment   `json:"environment"`
+	Settings    Settings      `json:"settings"`
+	Hits        []HitRow      `json:"hit_heavy"`
+	Mixed       []MixedRow    `json:"mixed"`
+	Stampedes   []StampedeRow `json:"stampede"`
+	Staleness   []StaleRow    `json:"staleness"`
+	Elapsed     Duration      `json:"elapsed"`
+}
+
+// Environment names what the results were measured on.
+type Environment struct {
+	Date     string `json:"date"`
+	Go       string `json:"go"`
+	CPUs     int    `json:"cpus"`
+	Redis    string `json:"redis"`
+	Postgres string `json:"postgres"`
+}
+
+// Settings are the knobs of the run that shape the figures.
+type Settings struct {
+	Users              int      `json:"users"`
+	Rounds             int      `json:"rounds"`
+	Duration           Duration `json:"duration"`
+	ZipfS              float64  `json:"zipf_s"`
+	MixedGoroutines    int      `json:"mixed_goroutines"`
+	WriteFraction      float64  `json:"write_fraction"`
+	StampedeGoroutines int      `json:"stampede_goroutines"`
+	StampedeInstances  int      `json:"stampede_instances"`
+	StalenessKeys      int      `json:"staleness_keys"`
+	StalenessInstances int      `json:"staleness_instances"`
+	PoolConns          int32    `json:"postgres_pool_conns"`
+	TTL                Duration `json:"ttl"`
+}
+
+// HitRow is one system at one concurrency of the hit-heavy workload.
+type HitRow struct {
+	System      string    `json:"system"`
+	Goroutines  int       `json:"goroutines"`
+	OpsPerSec   float64   `json:"ops_per_sec"`
+	Mean        Duration  `json:"mean"`
+	P50         Duration  `json:"p50"`
+	P99         Duration  `json:"p99"`
+	CPUPerOp    Duration  `json:"cpu_per_op"`      // this process
+	VsFloor     float64   `json:"mean_vs_floor"`   // mean latency / the floor's
+	P50VsFloor  float64   `json:"p50_vs_floor"`    // median latency / the floor's
+	VsPostgres  float64   `json:"ops_vs_postgres"` // throughput / Postgres's
+	RoundsOpsPS []float64 `json:"rounds_ops_per_sec"`
+}
+
+// MixedRow is one system on the 95/5 workload.
+type MixedRow struct {
+	System     string   `json:"system"`
+	OpsPerSec  float64  `json:"ops_per_sec"` // reads and writes
+	ReadP50    Duration `json:"read_p50"`
+	ReadP99    Duration `json:"read_p99"`
+	WriteP50   Duration `json:"write_p50"`
+	StaleReads int64    `json:"stale_reads"` // reads that began after a completed write and returned an older version
+	Reads      int64    `json:"reads"`
+	Writes     int64    `json:"writes"`
+}
+
+// StampedeRow is one system on the cold-key stampede.
+type StampedeRow struct {
+	System     string   `json:"system"`
+	Instances  int      `json:"instances"`
+	Goroutines int      `json:"goroutines"`
+	Queries    int64    `json:"queries"`     // median balance SELECTs per stampede
+	MaxQueries int64    `json:"max_queries"` // worst round
+	Rounds     []int64  `json:"rounds"`
+	Wall       Duration `json:"wall"`
+}
+
+// StaleRow is one system on the staleness probe.
+type StaleRow struct {
+	System    string `json:"system"`
+	Instances int    `json:"instances"`
+	StaleKeys int    `json:"stale_keys"` // median keys left stale after quiescence
+	MaxStale  int    `json:"max_stale_keys"`
+	Written   int    `json:"written_keys"` // median keys written
+	Writes    int64  `json:"writes"`
+	Rounds    []int  `json:"rounds"`
+}
+
+// Duration is a time.Duration that marshals as a string ("1.2ms") and
+// carries nanoseconds in Go.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Duration(v)
+	return err
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Run seeds the data, builds every system and measures them in turn.
+func Run(ctx context.Context, cfg Config) (*Results, error) {
+	cfg.defaults()
+	begin := time.Now()
+	counter := &QueryCounter{}
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("bench: database URL: %w", err)
+	}
+	pcfg.ConnConfig.Tracer = counter
+	nInst := max(cfg.StampedeInstances, cfg.StalenessInstances, 1)
+	pools := make([]*pgxpool.Pool, nInst)
+	defer func() {
+		for _, p := range pools {
+			if p != nil {
+				p.Close()
+			}
+		}
+	}()
+	for i := range pools {
+		if pools[i], err = pgxpool.NewWithConfig(ctx, pcfg.Copy()); err != nil {
+			return nil, fmt.Errorf("bench: connect to postgres: %w", err)
+		}
+	}
+	pool := pools[0]
+	if err := db.Migrate(ctx, pool); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	res := &Results{Environment: environment(ctx, pool, cfg.RedisOptions)}
+	res.Settings = Settings{
+		Users: cfg.Users, Rounds: cfg.Rounds, Duration: Duration(cfg.Duration), ZipfS: DefaultZipfS,
+		MixedGoroutines: cfg.MixedGoroutines, WriteFraction: cfg.WriteFraction,
+		StampedeGoroutines: cfg.StampedeGoroutines, StampedeInstances: cfg.StampedeInstances,
+		StalenessKeys: cfg.StalenessKeys, StalenessInstances: cfg.StalenessInstances,
+		PoolConns: pcfg.MaxConns, TTL: Duration(balanceTTL),
+	}
+
+	// Seed: the hot users, then cold users for the stampedes and fresh keys
+	// for each staleness probe, so no measurement sees another's leftovers.
+	const typ = credits.Type("enrichment")
+	nSys := len(cfg.Systems)
+	nCold := cfg.Rounds * nSys * 2
+	nStale := cfg.Rounds * nSys * cfg.StalenessKeys
+	first, err := SeedBalances(ctx, pool, cfg.Users+nCold+nStale, []credits.Type{typ})
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	keyRange := func(from, n int) []Key {
+		ks := make([]Key, n)
+		for i := range ks {
+			ks[i] = Key{UserID: first + int64(from+i), Type: typ}
+		}
+		return ks
+	}
+	hot := keyRange(0, cfg.Users)
+	cold := keyRange(cfg.Users, nCold)
+	staleKeys := keyRange(cfg.Users+nCold, nStale)
+
+	// Every system, nInst instances each, under a prefix of its own.
+	runID := fmt.Sprintf("%x:", time.Now().UnixNano()&0xffffffff)
+	cleaner := redis.NewClient(cfg.RedisOptions)
+	defer cleaner.Close()
+	defer func() { _ = deletePrefix(context.WithoutCancel(ctx), cleaner, cfg.Prefix+runID) }()
+	systems := make(map[Kind][]System, nSys)
+	defer func() {
+		for _, insts := range systems {
+			for _, s := range insts {
+				_ = s.Close()
+			}
+		}
+	}()
+	for _, k := range cfg.Systems {
+		for i := range nInst {
+			s, err := NewSystem(k, SystemEnv{
+				Pool: pools[i], RedisOptions: cfg.RedisOptions,
+				Prefix: cfg.Prefix + runID + systemSlug(k) + ":", Logger: cfg.Logger,
+			})
+			if err != nil {
+				return nil, err
+			}
+			systems[k] = append(systems[k], s)
+		}
+	}
+	store := credits.NewStore(pool)
+	truth := func(ctx context.Context, k Key) (credits.Balance, error) { return store.Balance(ctx, k.UserID, k.Type) }
+	floor := NewFloor(cfg.RedisOptions, cfg.Prefix+runID+"floor:")
+	defer floor.Close()
+
+	steps := 1 + cfg.Rounds*(len(cfg.Concurrency)*(nSys+1)+nSys*4)
+	done := 0
+	step := func(name string) error {
+		if cfg.Progress != nil {
+			cfg.Progress(name, done, steps)
+		}
+		done++
+		return ctx.Err()
+	}
+
+	// Warm every cache with every hot key, and fill the floor's keys.
+	if err := step("warm caches"); err != nil {
+		return nil, err
+	}
+	bals, err := warm(ctx, hot, truth, systems, cfg.Systems)
+	if err != nil {
+		return nil, err
+	}
+	if err := floor.Fill(ctx, bals); err != nil {
+		return nil, fmt.Errorf("bench: fill floor keys: %w", err)
+	}
+
+	hits := map[string]map[int][]*LoadResult{} // system → goroutines → rounds
+	mixed := map[Kind][]*LoadResult{}
+	stampedes := map[Kind]map[int][]StampedeResult{}
+	stale := map[Kind][]StalenessResult{}
+	coldNext, staleNext := 0, 0
+	for round := range cfg.Rounds {
+		order := rotate(cfg.Systems, round)
+		for _, g := range cfg.Concurrency {
+			readers := []string{FloorName}
+			for _, k := range order {
+				readers = append(readers, string(k))
+			}
+			for _, name := range readers {
+				if err := step(fmt.Sprintf("round %d: hit-heavy, %d goroutines, %s", round+1, g, name)); err != nil {
+					return nil, err
+				}
+				read := floor.Balance
+				if name != FloorName {
+					read = systems[Kind(name)][0].Balance
+				}
+				load := MixedLoad{Keys: hot, Goroutines: g, Duration: cfg.Duration, Seed: uint64(round*1000 + g)}
+				r, err := load.Run(ctx, read, nil)
+				if err != nil {
+					return nil, fmt.Errorf("bench: hit-heavy %s: %w", name, err)
+				}
+				if hits[name] == nil {
+					hits[name] = map[int][]*LoadResult{}
+				}
+				hits[name][g] = append(hits[name][g], r)
+			}
+		}
+		for _, k := range order {
+			if err := step(fmt.Sprintf("round %d: 95/5 read/write, %s", round+1, k)); err != nil {
+				return nil, err
+			}
+			sys := systems[k][0]
+			load := MixedLoad{Keys: hot, Goroutines: cfg.MixedGoroutines, Duration: cfg.Duration,
+				WriteFraction: cfg.WriteFraction, Seed: uint64(round*1000 + 7)}
+			r, err := load.Run(ctx, sys.Balance, func(ctx context.Context, key Key) (credits.Balance, error) {
+				return sys.Add(ctx, key, 1)
+			})
+			if err != nil {
+				return nil, fmt.Errorf("bench: 95/5 %s: %w", k, err)
+			}
+			mixed[k] = append(mixed[k], r)
+		}
+		for _, k := range order {
+			for _, n := range []int{1, cfg.StampedeInstances} {
+				if err := step(fmt.Sprintf("round %d: stampede, %d instance(s), %s", round+1, n, k)); err != nil {
+					return nil, err
+				}
+				sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				var reads []ReadFunc
+				for _, s := range systems[k][:n] {
+					reads = append(reads, s.Balance)
+				}
+				r, err := Stampede(sctx, reads, cold[coldNext], cfg.StampedeGoroutines, counter)
+				cancel()
+				coldNext++
+				if err != nil {
+					return nil, fmt.Errorf("bench: %s: %w", k, err)
+				}
+				if stampedes[k] == nil {
+					stampedes[k] = map[int][]StampedeResult{}
+				}
+				stampedes[k][n] = append(stampedes[k][n], r)
+			}
+		}
+		for _, k := range order {
+			if err := step(fmt.Sprintf("round %d: staleness probe, %s", round+1, k)); err != nil {
+				return nil, err
+			}
+			keys := staleKeys[staleNext : staleNext+cfg.StalenessKeys]
+			staleNext += cfg.StalenessKeys
+			r, err := StalenessProbe(ctx, systems[k][:cfg.StalenessInstances], truth, keys,
+				cfg.StalenessWriters, cfg.StalenessReaders, cfg.StalenessDuration, uint64(round))
+			if err != nil {
+				return nil, fmt.Errorf("bench: %s: %w", k, err)
+			}
+			stale[k] = append(stale[k], r)
+		}
+	}
+
+	res.Hits = hitRows(hits, cfg)
+	for _, k := range cfg.Systems {
+		rs := mixed[k]
+		row := MixedRow{System: string(k)}
+		row.OpsPerSec = median(rs, func(r *LoadResult) float64 {
+			return float64(r.Reads+r.Writes) / r.CPU.Wall.Seconds()
+		})
+		row.ReadP50 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.5)) }))
+		row.ReadP99 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.99)) }))
+		row.WriteP50 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.WriteLatency.Quantile(0.5)) }))
+		row.StaleReads = int64(median(rs, func(r *LoadResult) float64 { return float64(r.StaleReads) }))
+		row.Reads = int64(median(rs, func(r *LoadResult) float64 { return float64(r.Reads) }))
+		row.Writes = int64(median(rs, func(r *LoadResult) float64 { return float64(r.Writes) }))
+		res.Mixed = append(res.Mixed, row)
+	}
+	for _, n := range []int{1, cfg.StampedeInstances} {
+		for _, k := range cfg.Systems {
+			rs := stampedes[k][n]
+			row := StampedeRow{System: string(k), Instances: n, Goroutines: cfg.StampedeGoroutines}
+			for _, r := range rs {
+				row.Rounds = append(row.Rounds, r.Queries)
+				row.MaxQueries = max(row.MaxQueries, r.Queries)
+			}
+			row.Queries = int64(median(rs, func(r StampedeResult) float64 { return float64(r.Queries) }))
+			row.Wall = Duration(median(rs, func(r StampedeResult) float64 { return float64(r.Wall) }))
+			res.Stampedes = append(res.Stampedes, row)
+		}
+	}
+	for _, k := range cfg.Systems {
+		rs := stale[k]
+		row := StaleRow{System: string(k), Instances: cfg.StalenessInstances}
+		for _, r := range rs {
+			row.Rounds = append(row.Rounds, r.StaleKeys)
+			row.MaxStale = max(row.MaxStale, r.StaleKeys)
+		}
+		row.StaleKeys = int(median(rs, func(r StalenessResult) float64 { return float64(r.StaleKeys) }))
+		row.Written = int(median(rs, func(r StalenessResult) float64 { return float64(r.Written) }))
+		row.Writes = int64(median(rs, func(r StalenessResult) float64 { return float64(r.Writes) }))
+		res.Staleness = append(res.Staleness, row)
+	}
+	if cfg.Progress != nil {
+		cfg.Progress("done", steps, steps)
+	}
+	res.Elapsed = Duration(time.Since(begin).Round(time.Millisecond))
+	return res, nil
+}
+
+// hitRows summarises the hit-heavy runs: medians, and ratios to the floor
+// and to Postgres at the same concurrency.
+func hitRows(hits map[string]map[int][]*LoadResult, cfg Config) []HitRow {
+	var rows []HitRow
+	names := []string{FloorName}
+	for _, k := range cfg.Systems {
+		names = append(names, string(k))
+	}
+	for _, g := range cfg.Concurrency {
+		var floorMean, floorP50, pgOps float64
+		start := len(rows)
+		for _, name := range names {
+			rs := hits[name][g]
+			row := HitRow{System: name, Goroutines: g}
+			for _, r := range rs {
+				row.RoundsOpsPS = append(row.RoundsOpsPS, r.ReadsPerSec())
+			}
+			row.OpsPerSec = median(rs, (*LoadResult).ReadsPerSec)
+			row.Mean = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Mean()) }))
+			row.P50 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.5)) }))
+			row.P99 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.99)) }))
+			row.CPUPerOp = Duration(median(rs, func(r *LoadResult) float64 {
+				return float64(r.CPU.Process) / float64(max(r.Reads, 1))
+			}))
+			if name == FloorName {
+				floorMean, floorP50 = float64(row.Mean), float64(row.P50)
+			}
+			if name == string(KindPostgres) {
+				pgOps = row.OpsPerSec
+			}
+			rows = append(rows, row)
+		}
+		for i := start; i < len(rows); i++ {
+			if floorMean > 0 {
+				rows[i].VsFloor = float64(rows[i].Mean) / floorMean
+				rows[i].P50VsFloor = float64(rows[i].P50) / floorP50
+			}
+			if pgOps > 0 {
+				rows[i].VsPostgres = rows[i].OpsPerSec / pgOps
+			}
+		}
+	}
+	return rows
+}
+
+// warm reads every key once through every cached system (16 at a time) and
+// returns the balances as Postgres has them.
+func warm(ctx context.Context, keys []Key, truth ReadFunc, systems map[Kind][]System, kinds []Kind) ([]credits.Balance, error) {
+	bals := make([]credits.Balance, len(keys))
+	readers := []ReadFunc{truth}
+	for _, k := range kinds {
+		if k.Cached() {
+			readers = append(readers, systems[k][0].Balance)
+		}
+	}
+	for ri, read := range readers {
+		errs := make(chan error, 16)
+		for w := range 16 {
+			go func() {
+				for i := w; i < len(keys); i += 16 {
+					b, err := read(ctx, keys[i])
+					if err != nil {
+						errs <- err
+						return
+					}
+					if ri == 0 {
+						bals[i] = b
+					}
+				}
+				errs <- nil
+			}()
+		}
+		var first error
+		for range 16 {
+			first = cmp.Or(first, <-errs)
+		}
+		if first != nil {
+			return nil, fmt.Errorf("bench: warm caches: %w", first)
+		}
+	}
+	return bals, nil
+}
+
+// environment describes the machine and the services.
+func environment(ctx context.Context, pool *pgxpool.Pool, ropts *redis.Options) Environment {
+	env := Environment{Date: time.Now().UTC().Format("2006-01-02"), Go: runtime.Version(), CPUs: runtime.NumCPU()}
+	var v string
+	if err := pool.QueryRow(ctx, "SHOW server_version").Scan(&v); err == nil {
+		env.Postgres = strings.Fields(v)[0]
+	}
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
+		env.Redis = InfoField(info, "redis_version")
+	}
+	return env
+}
+
+// InfoField returns the value of field in the text of a Redis INFO reply.
+func InfoField(info, field string) string {
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// deletePrefix deletes every key under prefix (SCAN and UNLINK).
+func deletePrefix(ctx context.Context, rdb *redis.Client, prefix string) error {
+	iter := rdb.Scan(ctx, 0, EscapeGlob(prefix)+"*", 1000).Iterator()
+	var batch []string
+	var errs []error
+	flush := func() {
+		if len(batch) > 0 {
+			errs = append(errs, rdb.Unlink(ctx, batch...).Err())
+			batch = batch[:0]
+		}
+	}
+	for iter.Next(ctx) {
+		batch = append(batch, iter.Val())
+		if len(batch) == 500 {
+			flush()
+		}
+	}
+	flush()
+	return errors.Join(append(errs, iter.Err())...)
+}
+
+// EscapeGlob escapes the glob characters of SCAN MATCH in s, so that
+// EscapeGlob(p)+"*" matches exactly the keys that start with p.
+func EscapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`\*?[]`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func systemSlug(k Kind) string {
+	return strings.NewReplacer("/", "-", "+", "-").Replace(string(k))
+}
+
+// rotate returns kinds starting at round modulo their number, so that no
+// system always runs first (on a warm or a cold machine).
+func rotate(kinds []Kind, round int) []Kind {
+	n := len(kinds)
+	out := make([]Kind, 0, n)
+	for i := range n {
+		out = append(out, kinds[(i+round)%n])
+	}
+	return out
+}
+
+// median returns the median of f over xs (0 for none).
+func median[T any](xs []T, f func(T) float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = f(x)
+	}
+	slices.Sort(vs)
+	if len(vs)%2 == 1 {
+		return vs[len(vs)/2]
+	}
+	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
+}
