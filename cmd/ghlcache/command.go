@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 	"io"
 	"os"
 	"strings"
@@ -74,7 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// A last guard: whatever path an error took, its text carries neither
 	// URL's password.
 	msg := scrub(scrub(err.Error(), e.databaseURL()), e.redisURL())
-	return &scrubbedError{msg: msg, err: err}
+	return redact.WithText(msg, err)
 }
 
 const rootHelp = `ghlcache is the command line of the ghlcache library, a read-through cache

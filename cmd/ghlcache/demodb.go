@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
@@ -28,7 +29,7 @@ func openDemoDatabase(ctx context.Context, e *env, name string, configure func(*
 	}
 	dbURL, _, err := bench.EnsureDatabase(ctx, serverURL, name)
 	if err != nil {
-		return nil, "", &scrubbedError{msg: scrub(err.Error(), serverURL), err: err}
+		return nil, "", redact.WithText(scrub(err.Error(), serverURL), err)
 	}
 	cfg, err := parsePoolConfig(dbURL)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 	"net/url"
 	"regexp"
 	"time"
@@ -61,8 +62,5 @@ func invalidURL(what, rawURL string, err error) error {
 	} else if _, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
 		reason = pgxQuotedURL.ReplaceAllString(reason, "")
 	}
-	return &scrubbedError{
-		msg: scrub(fmt.Sprintf("invalid %s URL %s: %s", what, redactURL(rawURL), reason), rawURL),
-		err: err,
-	}
+	return redact.WithText(scrub(fmt.Sprintf("invalid %s URL %s: %s", what, redactURL(rawURL), reason), rawURL), err)
 }

@@ -111,3 +111,7 @@ type scrubbed struct {
 func (e *scrubbed) Error() string        { return e.msg }
 func (e *scrubbed) Is(target error) bool { return errors.Is(e.err, target) }
 func (e *scrubbed) As(target any) bool   { return errors.As(e.err, target) }
+
+// WithText returns an error whose text is msg (already scrubbed by the
+// caller) and which errors.Is and errors.As match as err.
+func WithText(msg string, err error) error { return &scrubbed{msg: msg, err: err} }
