@@ -6,10 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/ghl-agency/ghlcache/internal/redact"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // A command is one node of the command tree: a leaf that runs, or a group
