@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"github.com/ghl-agency/ghlcache/internal/redact"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghl-agency/ghlcache/db"
 	"github.com/ghl-agency/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // defaultDemoDatabase is the database demo and bench create (once) and use

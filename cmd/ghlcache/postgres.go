@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ghl-agency/ghlcache/internal/redact"
 	"net/url"
 	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // postgresConnectTimeout bounds connecting to Postgres (and the first ping)
