@@ -67,8 +67,12 @@ type Outbox struct {
 
 	swept, dropped, failures atomic.Int64
 
+	removeMu   sync.Mutex    // guards removeIDs
+	removeIDs  []int64       // rows whose key was deleted, to remove
+	removeWake chan struct{} // capacity 1: the remover has work
+
 	stop      chan struct{}
-	done      chan struct{}
+	wg        sync.WaitGroup // the sweeper and the remover
 	closeOnce sync.Once
 	failing   atomic.Bool // last sweep failed; logs once per state change
 }
@@ -86,19 +90,21 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 	cfg.MaxAge = cmp.Or(cfg.MaxAge, 6*time.Minute)
 	o := &Outbox{
 		pool: pool, inv: inv, cfg: cfg,
-		log:     cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
-		pending: make(map[int64]string),
-		byKey:   make(map[string]int),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		log:        cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
+		pending:    make(map[int64]string),
+		byKey:      make(map[string]int),
+		stop:       make(chan struct{}),
+		removeWake: make(chan struct{}, 1),
 	}
+	o.wg.Add(2)
 	go o.run()
+	go o.runRemover()
 	return o
 }
 
 // Invalidate runs after the commit that wrote row id for key: it marks key
-// pending, deletes it from the cache and, when that succeeded, removes the
-// row and the mark. When the delete fails the row stays for the sweeper and
+// pending, deletes it from the cache and, when that succeeded, clears the
+// mark and queues the row for removal. When the delete fails the row stays for the sweeper and
 // the key stays pending, so this process reads it from Postgres meanwhile.
 // It ignores ctx's cancellation (the change has committed; its invalidation
 // must still happen) and is bounded by the Invalidator's own timeout.
@@ -109,13 +115,53 @@ func (o *Outbox) Invalidate(ctx context.Context, key string, id int64) {
 		o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := db.New(o.pool).CacheOutboxDelete(rctx, []int64{id}); err != nil {
-		// The key is deleted; the sweeper deletes it once more and the row.
-		o.log.Debug("outbox row left to the sweeper", "id", id, "err", err)
-	}
 	o.clearPending(id)
+	o.scheduleRemoval(id)
+}
+
+// scheduleRemoval queues the row of an invalidation that reached Redis for
+// removal by the remover goroutine, which deletes queued rows in batches
+// off the write path (a write then costs one commit, not two). A row whose
+// removal is lost (crash, Postgres error) only makes a sweeper delete its
+// key once more.
+func (o *Outbox) scheduleRemoval(id int64) {
+	o.removeMu.Lock()
+	o.removeIDs = append(o.removeIDs, id)
+	o.removeMu.Unlock()
+	select {
+	case o.removeWake <- struct{}{}:
+	default: // the remover is already due to run
+	}
+}
+
+// removeQueued deletes the queued rows in one statement.
+func (o *Outbox) removeQueued() {
+	o.removeMu.Lock()
+	ids := o.removeIDs
+	o.removeIDs = nil
+	o.removeMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := db.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
+		// The keys are deleted; a sweeper deletes them once more and the rows.
+		o.log.Debug("outbox rows left to the sweeper", "rows", len(ids), "err", err)
+	}
+}
+
+func (o *Outbox) runRemover() {
+	defer o.wg.Done()
+	for {
+		select {
+		case <-o.stop:
+			o.removeQueued()
+			return
+		case <-o.removeWake:
+			o.removeQueued()
+		}
+	}
 }
 
 // Pending reports whether an invalidation of key by this process has not
@@ -277,7 +323,7 @@ func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 }
 
 func (o *Outbox) run() {
-	defer close(o.done)
+	defer o.wg.Done()
 	t := time.NewTicker(o.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -301,10 +347,11 @@ func (o *Outbox) run() {
 	}
 }
 
-// Close stops the sweeper and waits for a sweep in progress. It is
-// idempotent. Rows left in the table are swept by any other instance.
+// Close stops the sweeper and waits for a sweep in progress, then removes
+// the rows of invalidations that reached Redis. It is idempotent. Rows left
+// in the table are swept by any other instance.
 func (o *Outbox) Close() error {
 	o.closeOnce.Do(func() { close(o.stop) })
-	<-o.done
+	o.wg.Wait()
 	return nil
 }

@@ -72,10 +72,24 @@ func TestInvalidateRemovesRowAndPendingMark(t *testing.T) {
 	id := insert(ctx, t, domain, "ghl:credits:1:a", 0)
 	o.Invalidate(ctx, "ghl:credits:1:a", id)
 	require.Equal(t, []string{"ghl:credits:1:a"}, inv.keys())
-	require.False(t, o.Pending("ghl:credits:1:a"))
-	st, err := o.Stats(ctx)
-	require.NoError(t, err)
-	require.Zero(t, st.Depth)
+	require.False(t, o.Pending("ghl:credits:1:a"), "cleared as soon as the delete reached Redis")
+	require.Eventually(t, func() bool {
+		st, err := o.Stats(ctx)
+		return err == nil && st.Depth == 0
+	}, 10*time.Second, 5*time.Millisecond, "the remover deletes the row off the write path")
+}
+
+func TestCloseRemovesQueuedRows(t *testing.T) {
+	t.Parallel()
+	ctx, o, _, domain := setup(t)
+	for i := range 20 {
+		key := fmt.Sprintf("k%d", i)
+		o.Invalidate(ctx, key, insert(ctx, t, domain, key, 0))
+	}
+	require.NoError(t, o.Close())
+	var n int
+	require.NoError(t, testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE domain = $1`, domain).Scan(&n))
+	require.Zero(t, n, "Close flushes the removal queue")
 }
 
 func TestFailedInvalidationStaysPendingUntilSwept(t *testing.T) {
