@@ -29,7 +29,9 @@ type Cache struct {
 	log    *slog.Logger
 	br     *breaker
 
-	group singleflight.Group // one flight per full key
+	group  singleflight.Group // one flight per full key
+	rounds *getRounds         // coalesced hit-path GETs, never older than their callers
+	seq    atomic.Int64       // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
 	flights map[string]int // full keys with a running flight (for DeletePrefix)
@@ -46,6 +48,7 @@ type Cache struct {
 	// starts waiting for another process's lease.
 	hookJoined    func(fullKey string)
 	hookLeaseWait func(fullKey string)
+	hookFilled    func(fullKey string) // after a successful fill, before the flight answers
 }
 
 // counters are the exact counts behind [Stats].
@@ -132,6 +135,7 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 		prefix:  conf.Prefix,
 		log:     conf.Logger,
 		flights: map[string]int{},
+		rounds:  newGetRounds(),
 	}
 	c.br = &breaker{
 		threshold: conf.BreakerFailures,

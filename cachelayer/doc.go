@@ -22,7 +22,15 @@
 //     written after it; a rejected fill loads again before answering its
 //     callers; and Delete makes later reads in this process start a new
 //     flight. With Redis healthy, no read that begins after an invalidation
-//     completed returns a value loaded before it, in any process.
+//     completed returns a value loaded before it, in any process: a read
+//     never takes an answer whose source (a Redis read, a fill, a load)
+//     began before the read did — it starts over instead — so joining a
+//     flight of its own process that another process's invalidation made
+//     stale is harmless.
+//   - Hot keys are cheap: concurrent hits of one key in one process share
+//     GETs, but a caller only shares a GET sent after it arrived (callers
+//     that arrive while one is in flight gather for the next), so a hot key
+//     costs at most one GET in flight per process without any stale reply.
 //     In degraded modes — the breaker open, Redis failing, or a lease wait
 //     exhausted — a read is served by a load of its own (shared only within
 //     the process) and may return a value loaded at most one load duration

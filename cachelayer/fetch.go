@@ -57,39 +57,73 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 		return zero, err
 	}
 	full := c.prefix + key
+	begin := c.seq.Add(1) // every answer must come from something started after this
+	for attempt := 0; ; attempt++ {
+		v, err, fresh := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0)
+		if fresh {
+			return v, err
+		}
+		if attempt == maxFreshRetries {
+			// Entries keep changing under us: a load of our own is fresh.
+			c.st.loads.Add(1)
+			return load(ctx)
+		}
+	}
+}
+
+// maxFreshRetries bounds how often a Fetch starts over because the flight it
+// joined answered from before the Fetch began.
+const maxFreshRetries = 2
+
+// fetchOnce is one attempt of FetchWith. fresh is false when the flight it
+// joined answered with a value read or loaded before begin (a flight that
+// was already finishing when this caller's GET found the key empty): that
+// value may predate an invalidation another process completed before this
+// read began, so the caller starts over. count says whether this attempt
+// counts in Hits and Misses (the first of a call does).
+func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negTTL time.Duration,
+	load func(context.Context) (T, error), begin int64, count bool) (_ T, _ error, fresh bool) {
+	var zero T
+	hit, miss := func() {
+		if count {
+			c.st.hits.Add(1)
+		}
+	}, func() {
+		if count {
+			c.st.misses.Add(1)
+		}
+	}
 	redisFailed := false
 	if !c.noCache() {
 		if c.br.allow() {
-			opCtx, cancel := c.opCtx(ctx)
-			s, err := c.rdb.Get(opCtx, full).Result()
-			cancel()
-			switch err = c.outcome(ctx, err); {
+			s, err := c.rounds.get(ctx, c, full)
+			switch {
 			case err == nil:
 				var v T
 				switch kind, _ := decodeEntry(c.codec, s, &v); kind {
 				case entryValue:
-					c.st.hits.Add(1)
-					return v, nil
+					hit()
+					return v, nil, true
 				case entryNotFound:
-					c.st.hits.Add(1)
-					return zero, &notFoundError{key: key}
+					hit()
+					return zero, &notFoundError{key: key}, true
 				}
-				c.st.misses.Add(1) // a lease or an undecodable entry: the flight sorts it out
+				miss() // a lease or an undecodable entry: the flight sorts it out
 			case err == redis.Nil:
-				c.st.misses.Add(1)
+				miss()
 			case errors.Is(err, ErrUnavailable):
 				redisFailed = true
 			case ctx.Err() != nil:
-				return zero, ctx.Err()
+				return zero, ctx.Err(), true
 			default: // an error reply such as WRONGTYPE: the flight heals the key
-				c.st.misses.Add(1)
+				miss()
 			}
 		} else {
 			redisFailed = true // breaker open
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return zero, err
+		return zero, err, true
 	}
 
 	leader := false // set by our closure if it is the one that runs
@@ -102,12 +136,16 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	}
 	select {
 	case <-ctx.Done():
-		return zero, ctx.Err()
+		return zero, ctx.Err(), true
 	case r := <-ch:
 		res, ok := r.Val.(*flightResult[T])
 		if !ok { // a flight of the same key with another T: not ours to share
 			c.st.loads.Add(1)
-			return load(ctx)
+			v, err := load(ctx)
+			return v, err, true
+		}
+		if res.src != 0 && res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound)) {
+			return zero, nil, false
 		}
 		if !leader && res.loaded {
 			c.st.loadsShared.Add(1)
@@ -115,8 +153,17 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 		if redisFailed || res.fallback {
 			c.st.fallbacks.Add(1)
 		}
-		return res.v, res.err
+		return res.v, res.err, true
 	}
+}
+
+// getOnce sends one GET of full, bounded by OpTimeout within ctx, and
+// returns its result through outcome.
+func (c *Cache) getOnce(ctx context.Context, full string) (string, error) {
+	opCtx, cancel := c.opCtx(ctx)
+	s, err := c.rdb.Get(opCtx, full).Result()
+	cancel()
+	return s, c.outcome(ctx, err)
 }
 
 // flightResult is what one flight hands to all its callers.
@@ -125,13 +172,18 @@ type flightResult[T any] struct {
 	err      error
 	loaded   bool // the answer came from a load (not from Redis)
 	fallback bool // the load ran because Redis failed or the breaker was open
+	// src orders the answer's source against callers' beginnings (Cache.seq):
+	// taken when the Redis read that found it, the fill that stored it, or
+	// the load that produced it was started. 0 in degraded modes (fallback,
+	// lease wait exhausted), where any caller takes the answer.
+	src int64
 }
 
 // answerFromRedis makes an entry found in Redis the flight's answer,
 // replacing the outcome of any earlier load of the flight (whose fill was
 // rejected).
-func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, key string) {
-	r.loaded = false
+func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, key string, src int64) {
+	r.loaded, r.src = false, src
 	if kind == entryNotFound {
 		var zero T
 		r.v, r.err = zero, &notFoundError{key: key}
@@ -156,11 +208,16 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 	loadOnce := func() {
 		c.st.loads.Add(1)
 		res.loaded = true
+		res.src = c.seq.Add(1)
 		res.v, res.err = load(ctx)
+	}
+	degraded := func() { // a load that is not checked against the lease
+		loadOnce()
+		res.src = 0
 	}
 	fallback := func() *flightResult[T] {
 		res.fallback = c.rdb != nil && !c.closed.Load()
-		loadOnce()
+		degraded()
 		return res
 	}
 
@@ -181,6 +238,7 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 			return fallback()
 		}
 		token := newLeaseToken()
+		sent := c.seq.Add(1)
 		got, raw, err := c.acquire(ctx, full, token, expect)
 		expect = nil
 		if err != nil {
@@ -192,7 +250,7 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 			fallthrough
 		case leaseTaken:
 			loadOnce()
-			if c.fill(ctx, full, token, ttl, negTTL, res.v, res.err) || reloads >= maxReloads {
+			if c.fill(ctx, full, token, ttl, negTTL, res.v, res.err, &res.src) || reloads >= maxReloads {
 				return res
 			}
 			reloads++ // the value may predate an invalidation: load again
@@ -204,7 +262,7 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		kind, _ := decodeEntry(c.codec, raw, &v)
 		switch kind {
 		case entryValue, entryNotFound:
-			res.answerFromRedis(kind, v, key)
+			res.answerFromRedis(kind, v, key, sent)
 			return res
 		case entryCorrupt:
 			c.st.corrupt.Add(1)
@@ -225,11 +283,11 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		case waitTimedOut:
 			// Degraded: the holder did not fill in time; load without
 			// filling (the value may be one load-duration old, see doc.go).
-			loadOnce()
+			degraded()
 			return res
 		}
 	}
-	loadOnce() // too many steps (entries changing under us): load without filling
+	degraded() // too many steps (entries changing under us): load without filling
 	return res
 }
 
@@ -261,6 +319,7 @@ func waitLease[T any](c *Cache, ctx context.Context, full, key string, deadline 
 		if !c.br.allow() {
 			return waitRecheck // the flight falls back
 		}
+		sent := c.seq.Add(1)
 		opCtx, cancel := c.opCtx(ctx)
 		s, err := c.rdb.Get(opCtx, full).Result()
 		cancel()
@@ -270,7 +329,7 @@ func waitLease[T any](c *Cache, ctx context.Context, full, key string, deadline 
 		var v T
 		switch kind, _ := decodeEntry(c.codec, s, &v); kind {
 		case entryValue, entryNotFound:
-			res.answerFromRedis(kind, v, key)
+			res.answerFromRedis(kind, v, key, sent)
 			return waitAnswered
 		case entryCorrupt:
 			return waitRecheck
@@ -360,7 +419,11 @@ return 0
 // StaleFillsRejected): the caller should reload. Values that cannot or must
 // not be cached release the lease instead; a Redis failure is counted and
 // ignored (the loaded value is still the answer).
-func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.Duration, v any, loadErr error) bool {
+//
+// When the fill succeeds, *src becomes the sequence number taken as it was
+// sent: a caller that began before that is answered by a value no
+// invalidation preceded (one would have voided the lease).
+func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.Duration, v any, loadErr error, src *int64) bool {
 	var entry string
 	var px int64
 	switch {
@@ -387,12 +450,17 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 		return true // the lease expires by itself
 	}
 	opCtx, cancel := c.opCtx(ctx)
+	sent := c.seq.Add(1)
 	n, err := fillScript.Run(opCtx, c.rdb, []string{full}, token, entry, px).Int64()
 	cancel()
 	if err = c.outcome(ctx, err); err != nil {
 		return true
 	}
 	if n == 1 {
+		*src = sent
+		if c.hookFilled != nil {
+			c.hookFilled(full)
+		}
 		return true
 	}
 	c.st.staleFillsRejected.Add(1)
