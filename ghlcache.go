@@ -30,6 +30,10 @@ type Config struct {
 	MaxConns    int32  // Postgres pool size; 0 keeps pgx's default (max(4, NumCPU))
 	Migrate     bool   // apply the embedded migrations before returning
 
+	// ConfigurePool, if set, may adjust the parsed pool configuration (a
+	// tracer, connection lifetimes, …) before the pool is created.
+	ConfigurePool func(*pgxpool.Config)
+
 	Cache     *cachelayer.Config      // nil: defaults (prefix "ghl:", 100 ms per Redis call, …)
 	Credits   *credits.CachedConfig   // nil: defaults (TTL 60 s)
 	Workflows *workflows.CachedConfig // nil: defaults (TTL 300 s, not-found 30 s)
@@ -59,6 +63,9 @@ func Open(ctx context.Context, cfg Config) (*Repos, error) {
 	}
 	if cfg.MaxConns > 0 {
 		pcfg.MaxConns = cfg.MaxConns
+	}
+	if cfg.ConfigurePool != nil {
+		cfg.ConfigurePool(pcfg)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {

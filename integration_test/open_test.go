@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache"
@@ -17,11 +18,15 @@ import (
 func TestOpenWiresBothRepositories(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 30*time.Second)
+	tracer := &testenv.QueryTracer{Match: "FROM credit_balances"}
 	repos, err := ghlcache.Open(ctx, ghlcache.Config{
 		DatabaseURL: testenv.DatabaseURL(t),
 		RedisURL:    testenv.RedisURL(t),
 		Migrate:     true, // idempotent on the migrated test database
 		Cache:       &cachelayer.Config{Prefix: testenv.Prefix(t)},
+		ConfigurePool: func(c *pgxpool.Config) {
+			c.ConnConfig.Tracer = tracer
+		},
 	})
 	require.NoError(t, err)
 	defer func() { require.NoError(t, repos.Close()) }()
@@ -40,6 +45,7 @@ func TestOpenWiresBothRepositories(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, d, got)
 
+	require.Equal(t, int64(1), tracer.Count(), "ConfigurePool's tracer saw the one balance load")
 	st := repos.Cache.Stats()
 	require.True(t, st.Available)
 	require.Positive(t, st.Hits)
