@@ -92,7 +92,8 @@ var (
 )
 
 // baseDatabaseURL returns a URL of the Postgres server to create test
-// databases on: TEST_DATABASE_URL, or a testcontainers Postgres.
+// databases on: TEST_DATABASE_URL, else the local server if it answers
+// (LocalDatabaseURL), else a testcontainers Postgres.
 func baseDatabaseURL(t testing.TB) string {
 	t.Helper()
 	baseOnce.Do(func() {
@@ -102,6 +103,10 @@ func baseDatabaseURL(t testing.TB) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
+		if localPostgresAnswers(ctx) {
+			baseURL = LocalDatabaseURL
+			return
+		}
 		if err := dockerHealthy(ctx); err != nil {
 			baseErr = fmt.Errorf("TEST_DATABASE_URL unset and no Docker engine: %w", err)
 			return
@@ -149,6 +154,21 @@ func setupPostgres(t testing.TB) {
 	if pgErr != nil {
 		t.Fatalf("testenv: postgres: %v", pgErr)
 	}
+}
+
+// LocalDatabaseURL is the Postgres tests use when TEST_DATABASE_URL is unset
+// and it answers: the conventional local server with trust authentication.
+const LocalDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+func localPostgresAnswers(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, LocalDatabaseURL)
+	if err != nil {
+		return false
+	}
+	_ = conn.Close(ctx)
+	return true
 }
 
 // createDatabase creates a uniquely named database on the server of base and

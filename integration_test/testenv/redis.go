@@ -22,8 +22,8 @@ var (
 	redisErr  error
 )
 
-// RedisURL returns the URL of the shared test Redis: TEST_REDIS_URL, or a
-// testcontainers Redis. Tests must not FLUSHDB it; they use [Prefix].
+// RedisURL returns the URL of the shared test Redis: TEST_REDIS_URL, else
+// the local Redis if it answers (LocalRedisURL), else a testcontainers Redis. Tests must not FLUSHDB it; they use [Prefix].
 func RedisURL(t testing.TB) string {
 	t.Helper()
 	redisOnce.Do(func() {
@@ -33,6 +33,10 @@ func RedisURL(t testing.TB) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
+		if localRedisAnswers(ctx) {
+			redisURL = LocalRedisURL
+			return
+		}
 		if err := dockerHealthy(ctx); err != nil {
 			redisErr = fmt.Errorf("TEST_REDIS_URL unset and no Docker engine: %w", err)
 			return
@@ -49,6 +53,18 @@ func RedisURL(t testing.TB) string {
 		unavailable(t, "Redis", "TEST_REDIS_URL", redisErr)
 	}
 	return redisURL
+}
+
+// LocalRedisURL is the Redis tests use when TEST_REDIS_URL is unset and it
+// answers. Tests only touch keys under their own prefixes there.
+const LocalRedisURL = "redis://127.0.0.1:6379/0"
+
+func localRedisAnswers(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", DialTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	return rdb.Ping(ctx).Err() == nil
 }
 
 // Redis returns a new client of the shared test Redis with

@@ -2,10 +2,13 @@
 // against: a fresh, migrated Postgres database per test binary and a Redis
 // key prefix per test.
 //
-// Services come from TEST_DATABASE_URL and TEST_REDIS_URL. When one is unset
-// and a Docker engine answers, it is started with testcontainers-go. Otherwise
-// the tests that need it skip with a message saying how to run them — unless
-// REQUIRE_INTEGRATION=1 (as in CI), where a missing service is a failure.
+// Services come from TEST_DATABASE_URL and TEST_REDIS_URL. When one is unset,
+// the conventional local server is used if it answers (Postgres on
+// 127.0.0.1:5432 as user postgres without a password, Redis on
+// 127.0.0.1:6379); else, when a Docker engine answers, it is started with
+// testcontainers-go. Otherwise the tests that need it skip with a message
+// saying how to run them — unless REQUIRE_INTEGRATION=1 (as in CI), where a
+// missing service is a failure.
 //
 // A package that uses [Pool] must route its TestMain through [Main], which
 // drops the package's database (and stops any container) when the run ends:
