@@ -28,10 +28,8 @@ func (c *Cache) Get(ctx context.Context, key string, dst any) (found bool, err e
 	if !c.br.allow() {
 		return false, errBreakerOpen
 	}
-	opCtx, cancel := c.opCtx(ctx)
-	s, err := c.rdb.Get(opCtx, c.prefix+key).Result()
-	cancel()
-	switch err = c.outcome(ctx, err); {
+	s, err := c.getOnce(ctx, c.prefix+key)
+	switch {
 	case err == redis.Nil:
 		c.st.misses.Add(1)
 		return false, nil
