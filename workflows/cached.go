@@ -84,7 +84,8 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 		}
 		return d, err
 	})
-	if err != nil && errors.Is(err, cachelayer.ErrNotFound) && !errors.Is(err, ErrNotFound) {
+	if errors.Is(err, cachelayer.ErrNotFound) {
+		// The same error whether the load or a cached marker said so.
 		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
 	return d, err
