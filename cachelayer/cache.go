@@ -168,7 +168,7 @@ func contextTimeoutEnabled(rdb redis.UniversalClient) bool {
 // (redis://[user:password@]host:port/db, or rediss:// for TLS), configured
 // so that OpTimeout really bounds each call: ContextTimeoutEnabled, one dial
 // attempt of at most max(2×OpTimeout, 250 ms), at most one retry. An empty
-// redisURL means no-cache mode. Open fails only on a bad URL (the error never
+// redisURL means no-cache mode. Open fails only on a bad URL (ErrInvalid; the error never
 // contains the password); an unreachable Redis is logged and handled like
 // any outage. Close closes the client Open made. For Cluster or Sentinel,
 // build the client and use [New].
@@ -179,7 +179,7 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	}
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return nil, fmt.Errorf("cachelayer: parse redis url %s: %s", redact.URL(redisURL), redact.String(err.Error(), redisURL))
+		return nil, fmt.Errorf("cachelayer: %w: parse redis url %s: %s", ErrInvalid, redact.URL(redisURL), redact.String(err.Error(), redisURL))
 	}
 	opts.ContextTimeoutEnabled = true
 	opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)

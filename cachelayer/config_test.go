@@ -93,6 +93,9 @@ func TestOpenNeverShowsPassword(t *testing.T) {
 		if strings.Contains(err.Error(), "s3cretpw") {
 			t.Errorf("error shows the password: %v", err)
 		}
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("Open(%s): %v, want ErrInvalid", u, err)
+		}
 	}
 }
 
