@@ -8,6 +8,7 @@
 package ghlcache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,41 +85,34 @@ func Open(ctx context.Context, cfg Config) (*Repos, error) {
 			return nil, fmt.Errorf("ghlcache: %w", err)
 		}
 	}
-	ccfg := cfg.Cache
-	if ccfg == nil {
-		ccfg = &cachelayer.Config{}
+	// Copies of the caller's configs (nil: defaults), with Config.Logger
+	// where they set none.
+	var ccfg cachelayer.Config
+	if cfg.Cache != nil {
+		ccfg = *cfg.Cache
 	}
-	if ccfg.Logger == nil && cfg.Logger != nil {
-		c := *ccfg
-		c.Logger = cfg.Logger
-		ccfg = &c
-	}
-	cache, err := cachelayer.Open(ctx, cfg.RedisURL, ccfg)
+	ccfg.Logger = cmp.Or(ccfg.Logger, cfg.Logger)
+	cache, err := cachelayer.Open(ctx, cfg.RedisURL, &ccfg)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("ghlcache: %w", err)
 	}
-	crCfg := withLogger(cfg.Credits, cfg.Logger, func(c *credits.CachedConfig) **slog.Logger { return &c.Logger })
-	wfCfg := withLogger(cfg.Workflows, cfg.Logger, func(c *workflows.CachedConfig) **slog.Logger { return &c.Logger })
+	var crCfg credits.CachedConfig
+	if cfg.Credits != nil {
+		crCfg = *cfg.Credits
+	}
+	crCfg.Logger = cmp.Or(crCfg.Logger, cfg.Logger)
+	var wfCfg workflows.CachedConfig
+	if cfg.Workflows != nil {
+		wfCfg = *cfg.Workflows
+	}
+	wfCfg.Logger = cmp.Or(wfCfg.Logger, cfg.Logger)
 	return &Repos{
-		Credits:   credits.NewCached(credits.NewStore(pool), cache, crCfg),
-		Workflows: workflows.NewCached(workflows.NewStore(pool), cache, wfCfg),
+		Credits:   credits.NewCached(credits.NewStore(pool), cache, &crCfg),
+		Workflows: workflows.NewCached(workflows.NewStore(pool), cache, &wfCfg),
 		Pool:      pool,
 		Cache:     cache,
 	}, nil
-}
-
-// withLogger returns a copy of cfg (or a zero config) with its logger set to
-// l unless it has one.
-func withLogger[C any](cfg *C, l *slog.Logger, field func(*C) **slog.Logger) *C {
-	var c C
-	if cfg != nil {
-		c = *cfg
-	}
-	if f := field(&c); *f == nil {
-		*f = l
-	}
-	return &c
 }
 
 // Close stops the repositories' outbox sweepers, then closes the cache and

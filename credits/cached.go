@@ -70,7 +70,7 @@ func (c *Cached) Balance(ctx context.Context, userID int64, t Type) (Balance, er
 		return Balance{}, err
 	}
 	key := Key(userID, t)
-	if c.outbox.Pending(c.cache.FullKey(key)) {
+	if c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key)) {
 		return c.store.Balance(ctx, userID, t)
 	}
 	return cachelayer.Fetch(ctx, c.cache, key, c.ttl, func(ctx context.Context) (Balance, error) {

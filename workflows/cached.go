@@ -74,7 +74,7 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 		return Definition{}, err
 	}
 	key := Key(id)
-	if c.outbox.Pending(c.cache.FullKey(key)) {
+	if c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key)) {
 		return c.store.Definition(ctx, id)
 	}
 	d, err := cachelayer.FetchWith(ctx, c.cache, key, c.opts, func(ctx context.Context) (Definition, error) {

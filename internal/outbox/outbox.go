@@ -164,6 +164,11 @@ func (o *Outbox) runRemover() {
 	}
 }
 
+// AnyPending reports whether any invalidation of this process has not
+// reached the cache yet: one atomic load, for the read path to skip
+// building the key it would pass to Pending.
+func (o *Outbox) AnyPending() bool { return o.npend.Load() != 0 }
+
 // Pending reports whether an invalidation of key by this process has not
 // reached the cache yet.
 func (o *Outbox) Pending(key string) bool {
