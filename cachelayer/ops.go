@@ -106,15 +106,27 @@ func (c *Cache) Delete(ctx context.Context, keys ...string) error {
 
 // DeleteFull is Delete for keys already prefixed (as [Cache.FullKey]
 // returns them), possibly by caches with another Prefix: an outbox sweeper
-// deletes keys that other instances wrote.
+// deletes keys that other instances wrote. Unlike Delete, it returns nil
+// only when every key's UNLINK reached Redis: in no-cache mode and after
+// Close it returns an error that Is ErrUnavailable, so that a caller keeping
+// a durable record of the invalidation (an outbox row) never counts it done.
 func (c *Cache) DeleteFull(ctx context.Context, fullKeys ...string) error {
 	for _, k := range fullKeys {
 		if k == "" || len(k) > MaxKeyLen+len(c.prefix) {
 			return fmt.Errorf("%w: full key %q", ErrInvalid, k)
 		}
 	}
+	if len(fullKeys) > 0 && c.noCache() {
+		c.forget(fullKeys)
+		return fmt.Errorf("cachelayer: delete: %w", c.unavailableErr())
+	}
 	return c.deleteFull(ctx, fullKeys)
 }
+
+// Enabled reports whether the cache has a Redis client and is not closed:
+// false in no-cache mode and after Close. Unlike [Cache.Available] it
+// ignores the breaker, which closes again by itself.
+func (c *Cache) Enabled() bool { return !c.noCache() }
 
 func (c *Cache) deleteFull(ctx context.Context, full []string) error {
 	if len(full) == 0 {
