@@ -60,7 +60,7 @@ func Open(ctx context.Context, cfg Config) (*Repos, error) {
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("ghlcache: database url %s: %w", redact.URL(cfg.DatabaseURL), redact.Error(err, cfg.DatabaseURL))
+		return nil, fmt.Errorf("ghlcache: invalid database url %s: %s", redact.URL(cfg.DatabaseURL), redact.Reason(cfg.DatabaseURL, err))
 	}
 	if cfg.MaxConns > 0 {
 		pcfg.MaxConns = cfg.MaxConns

@@ -179,7 +179,7 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	}
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return nil, fmt.Errorf("cachelayer: %w: parse redis url %s: %s", ErrInvalid, redact.URL(redisURL), redact.String(err.Error(), redisURL))
+		return nil, fmt.Errorf("cachelayer: %w: redis url %s: %s", ErrInvalid, redact.URL(redisURL), redact.Reason(redisURL, err))
 	}
 	opts.ContextTimeoutEnabled = true
 	opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)

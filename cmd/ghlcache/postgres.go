@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/url"
-	"regexp"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ghl-agency/ghlcache/internal/redact"
@@ -51,17 +47,10 @@ func parsePoolConfig(rawURL string) (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
-// pgxQuotedURL matches the URL that pgx quotes in its parse errors.
-var pgxQuotedURL = regexp.MustCompile("^cannot parse `[^`]*`: ")
-
-// invalidURL describes a URL that did not parse: the redacted URL and the
-// reason, without the URL the library quoted in its error.
+// invalidURL describes a URL that did not parse: the redacted URL (a
+// placeholder if it does not parse cleanly) and the reason in words that
+// never quote the input; the parser's own text (pgx and go-redis quote the
+// input in it) is not repeated.
 func invalidURL(what, rawURL string, err error) error {
-	reason := err.Error()
-	if ue, ok := errors.AsType[*url.Error](err); ok {
-		reason = ue.Err.Error()
-	} else if _, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
-		reason = pgxQuotedURL.ReplaceAllString(reason, "")
-	}
-	return redact.WithText(scrub(fmt.Sprintf("invalid %s URL %s: %s", what, redactURL(rawURL), reason), rawURL), err)
+	return redact.WithText(fmt.Sprintf("invalid %s URL %s: %s", what, redactURL(rawURL), redact.Reason(rawURL, err)), err)
 }
