@@ -1,15 +1,20 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"io/fs"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/db"
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/bench"
 )
 
 // migrationNames returns the embedded migration files, oldest first.
@@ -26,9 +31,9 @@ func TestMigrate(t *testing.T) {
 	dbURL := testenv.NewDatabase(t)
 	names := migrationNames(t)
 	latest := strconv.Itoa(len(names))
-	migrate := func(sub string) result {
+	migrate := func(sub ...string) result {
 		t.Helper()
-		r := cli(t, "--database-url", dbURL, "migrate", sub)
+		r := cli(t, append([]string{"--database-url", dbURL, "migrate"}, sub...)...)
 		require.NoError(t, r.err, "migrate %s: stderr %s", sub, r.stderr)
 		require.Empty(t, r.stderr)
 		return r
@@ -53,18 +58,59 @@ func TestMigrate(t *testing.T) {
 	}
 
 	// Down rolls back exactly one migration, the latest.
-	down := migrate("down").stdout
+	down := migrate("down", "--yes").stdout
 	require.Contains(t, down, "rolled back "+names[len(names)-1])
 	require.Equal(t, strconv.Itoa(len(names)-1)+"\n", migrate("version").stdout)
 	require.Regexp(t, `(?m)^\d+\s+pending\s+-\s+`+names[len(names)-1]+`$`, migrate("status").stdout)
 
 	// Down to nothing, and once more, is fine; up again restores the schema.
 	for range len(names) - 1 {
-		migrate("down")
+		migrate("down", "--yes")
 	}
 	require.Equal(t, "0\n", migrate("version").stdout)
-	require.Contains(t, migrate("down").stdout, "nothing to roll back")
+	require.Contains(t, migrate("down").stdout, "nothing to roll back", "nothing to refuse either")
 	require.Contains(t, migrate("up").stdout, "schema at version "+latest)
+}
+
+// TestMigrateDownNeedsYes: rolling back drops tables and their rows, so
+// without --yes migrate down only says what it would drop on which database.
+func TestMigrateDownNeedsYes(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	dbURL := testenv.NewDatabase(t)
+	dbName := bench.DatabaseName(dbURL)
+	names := migrationNames(t)
+	r := cli(t, "migrate", "up", "--database-url", dbURL)
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, fmt.Sprintf("database %q at postgres://", dbName), "up names the database it changes")
+	for range len(names) - 1 {
+		r = cli(t, "migrate", "down", "--yes", "--database-url", dbURL)
+		require.NoError(t, r.err)
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "INSERT INTO credit_balances (user_id, credit_type, balance, version) VALUES (1, 'sms', 500, 1)")
+	require.NoError(t, err)
+
+	r = cli(t, "migrate", "down", "--database-url", dbURL)
+	require.Equal(t, 2, r.code, "refused like a usage error, as cache del-prefix without --yes")
+	require.Empty(t, r.stdout)
+	msg := r.err.Error()
+	require.Contains(t, msg, "would roll back "+names[0])
+	require.Contains(t, msg, fmt.Sprintf("on database %q at postgres://", dbName))
+	require.Contains(t, msg, "table credit_ledger (0 rows), table credit_balances (1 rows)")
+	require.Contains(t, msg, "add --yes")
+	var balance int64
+	require.NoError(t, conn.QueryRow(ctx, "SELECT balance FROM credit_balances WHERE user_id = 1").Scan(&balance))
+	require.EqualValues(t, 500, balance, "nothing was dropped")
+
+	r = cli(t, "migrate", "down", "--yes", "--database-url", dbURL)
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, fmt.Sprintf("database %q at postgres://", dbName))
+	require.Contains(t, r.stdout, "rolled back "+names[0])
+	require.Contains(t, r.stdout, "schema at version 0")
 }
 
 // TestMigrateEnv checks the environment fallback and that a flag overrides
