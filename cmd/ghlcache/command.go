@@ -48,7 +48,8 @@ var commands = []*command{
 type env struct {
 	stdout, stderr io.Writer
 	global         globalFlags
-	getenv         func(string) string
+	lookupEnv      func(string) (string, bool) // os.LookupEnv
+
 }
 
 // usageError is a mistake in the command line; it exits with code 2.
@@ -59,7 +60,12 @@ func (e *usageError) Error() string { return e.msg }
 // run runs the command line args (without the program name). It returns nil
 // after --help.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	e := &env{stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return runEnv(ctx, args, stdout, stderr, os.LookupEnv)
+}
+
+// runEnv is run with the environment variables lookupEnv returns.
+func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) error {
+	e := &env{stdout: stdout, stderr: stderr, lookupEnv: lookupEnv}
 	root := &command{
 		name:        "ghlcache",
 		summary:     "operate a ghlcache deployment",
@@ -75,7 +81,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	// A last guard: whatever path an error took, its text carries neither
 	// URL's password.
-	msg := scrub(scrub(err.Error(), e.databaseURL()), e.redisURL())
+	msg := err.Error()
+	for _, u := range []string{e.databaseURL(), e.redisURL(), e.global.redisURL.value, e.getenv("REDIS_URL")} {
+		msg = scrub(msg, u)
+	}
 	return redact.WithText(msg, err)
 }
 

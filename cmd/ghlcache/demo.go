@@ -40,8 +40,8 @@ throughput, latency, Postgres queries and CPU, shows the cache's counters,
 and ends with a consistency check (every cached balance equals Postgres's):
 the command fails when that check fails.
 
-Keys live under --prefix (deleted at the start). With --no-cache the cached
-phase runs the cached repositories in no-cache mode (every read goes to
+Keys live under --prefix (deleted at the start). With --no-cache (or a
+REDIS_URL set but empty, the library's no-cache mode) the cached phase runs the cached repositories in no-cache mode (every read goes to
 Postgres, still one load per key at a time).`,
 	flags: func(fs *flag.FlagSet) runFunc {
 		var o demoOptions
@@ -82,20 +82,23 @@ const (
 
 // demoReport is what the demo measured; --json prints it as is.
 type demoReport struct {
-	Database    string          `json:"database"` // redacted
-	Mode        string          `json:"mode"`     // "redis" or "no-cache"
-	Prefix      string          `json:"prefix"`
-	Users       int             `json:"users"`
-	CreditTypes []credits.Type  `json:"credit_types"`
-	Workflows   int             `json:"workflows"`
-	Concurrency int             `json:"concurrency"`
-	Phase       bench.Duration  `json:"phase_duration"`
-	Seeding     bench.Duration  `json:"seeding"`
-	Baseline    demoPhase       `json:"baseline"`
-	Cached      demoPhase       `json:"cached"`
-	Consistency demoConsistency `json:"consistency"`
-	Summary     []string        `json:"summary"`
-	Elapsed     bench.Duration  `json:"elapsed"`
+	Database string `json:"database"` // redacted
+	Mode     string `json:"mode"`     // "redis" or "no-cache"
+	// NoCacheReason says why the mode is no-cache: "--no-cache", "REDIS_URL
+	// is empty" or "--redis-url is empty".
+	NoCacheReason string          `json:"no_cache_reason,omitempty"`
+	Prefix        string          `json:"prefix"`
+	Users         int             `json:"users"`
+	CreditTypes   []credits.Type  `json:"credit_types"`
+	Workflows     int             `json:"workflows"`
+	Concurrency   int             `json:"concurrency"`
+	Phase         bench.Duration  `json:"phase_duration"`
+	Seeding       bench.Duration  `json:"seeding"`
+	Baseline      demoPhase       `json:"baseline"`
+	Cached        demoPhase       `json:"cached"`
+	Consistency   demoConsistency `json:"consistency"`
+	Summary       []string        `json:"summary"`
+	Elapsed       bench.Duration  `json:"elapsed"`
 }
 
 // demoPhase is one phase's figures.
@@ -174,7 +177,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	// The cache first: a Redis that is down fails here, before any seeding.
 	ccfg := &cachelayer.Config{Prefix: o.prefix, Logger: logger}
 	var cache *cachelayer.Cache
-	if e.global.noCache {
+	if rep.NoCacheReason = e.noCache(); rep.NoCacheReason != "" {
 		rep.Mode = "no-cache"
 		cache = cachelayer.New(nil, ccfg)
 	} else {
@@ -224,11 +227,11 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		return wrapURL(dbURL, err, "demo: baseline phase")
 	}
 	cachedName := "cached (ghlcache)"
-	if e.global.noCache {
+	if rep.Mode == "no-cache" {
 		cachedName = "cached (no-cache mode)"
 	}
 	var warmup *demoWarmup
-	if !e.global.noCache {
+	if rep.Mode != "no-cache" {
 		bar.set(demoProgressTicks, "warming the cache")
 		if warmup, err = d.warm(ctx); err != nil {
 			bar.finish()
@@ -727,7 +730,11 @@ func demoSummary(r *demoReport) []string {
 func printDemo(w io.Writer, r *demoReport) error {
 	fmt.Fprintf(w, "ghlcache demo — %d users × %d credit types, %d workflow definitions, %d goroutines, %s per phase\n",
 		r.Users, len(r.CreditTypes), r.Workflows, r.Concurrency, r.Phase)
-	fmt.Fprintf(w, "database %s, Redis keys under %q (mode: %s), seeded in %s\n\n", r.Database, r.Prefix, r.Mode, r.Seeding)
+	mode := r.Mode
+	if r.NoCacheReason != "" {
+		mode += ", " + r.NoCacheReason
+	}
+	fmt.Fprintf(w, "database %s, Redis keys under %q (mode: %s), seeded in %s\n\n", r.Database, r.Prefix, mode, r.Seeding)
 	b, c := r.Baseline, r.Cached
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "\t%s\t%s\n", b.Name, c.Name)

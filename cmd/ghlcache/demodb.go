@@ -56,8 +56,12 @@ func openDemoDatabase(ctx context.Context, e *env, name string, configure func(*
 // socket reads honour context deadlines. Commands that cannot work without
 // Redis reject --no-cache here.
 func redisOptions(e *env, command string) (*redis.Options, error) {
-	if e.global.noCache {
+	switch why := e.noCache(); why {
+	case "":
+	case "--no-cache":
 		return nil, usagef("ghlcache "+command, "needs Redis: drop --no-cache")
+	default:
+		return nil, usagef("ghlcache "+command, "needs Redis, but %s (no-cache mode): set it, or unset REDIS_URL for %s", why, defaultRedisURL)
 	}
 	raw := e.redisURL()
 	opts, err := redis.ParseURL(raw)

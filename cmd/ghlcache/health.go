@@ -21,7 +21,8 @@ var healthCommand = &command{
 	summary: "check that Postgres and Redis answer, and how fast",
 	help: `Connect to Postgres and to Redis (at once, each bounded by --timeout), ping
 each, and print the ping latency and the time to connect. Exit with status 1
-when either is down. --no-cache skips Redis.`,
+when either is down. --no-cache, or a REDIS_URL set but empty (the library's
+no-cache mode), skips Redis.`,
 	flags: func(fs *flag.FlagSet) runFunc {
 		timeout := fs.Duration("timeout", defaultHealthTimeout, "bound on each check (connect and ping)")
 		return func(ctx context.Context, e *env, _ []string) error {
@@ -53,8 +54,12 @@ func health(ctx context.Context, e *env, timeout time.Duration) error {
 		{service: "redis", target: e.redisURL()},
 	}
 	checks := []pinger{pingPostgres, pingRedis}
-	if e.global.noCache {
+	switch why := e.noCache(); why {
+	case "":
+	case "--no-cache":
 		probes[1].skipped = "skipped (--no-cache)"
+	default:
+		probes[1].skipped = "disabled (" + why + ": no-cache mode)"
 	}
 
 	var wg sync.WaitGroup

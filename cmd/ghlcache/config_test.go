@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+)
+
+// cliEnv is cli with the environment variables env (and no others).
+func cliEnv(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	err := runEnv(ctx, args, &stdout, &stderr, func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	})
+	code := report(&stderr, err)
+	return result{stdout: stdout.String(), stderr: stderr.String(), err: err, code: code}
+}
+
+// TestEmptyRedisURLIsNoCacheMode: as in the library, REDIS_URL set but
+// empty means no-cache mode; unset, the default server.
+func TestEmptyRedisURLIsNoCacheMode(t *testing.T) {
+	t.Parallel()
+	dbURL := testenv.DatabaseURL(t)
+	empty := map[string]string{"REDIS_URL": "", "DATABASE_URL": dbURL}
+
+	r := cliEnv(t, empty, "health")
+	require.NoError(t, r.err, "stdout: %s", r.stdout)
+	require.Regexp(t, `(?m)^redis\s+disabled \(REDIS_URL is empty: no-cache mode\)`, r.stdout)
+	require.NotContains(t, r.stdout, "127.0.0.1:6379", "the default server is not checked")
+
+	r = cliEnv(t, map[string]string{"DATABASE_URL": dbURL}, "health", "--redis-url", "")
+	require.NoError(t, r.err)
+	require.Regexp(t, `(?m)^redis\s+disabled \(--redis-url is empty: no-cache mode\)`, r.stdout)
+
+	// A flag still overrides the environment.
+	r = cliEnv(t, empty, "health", "--redis-url", "redis://127.0.0.1:1/0")
+	require.Error(t, r.err)
+	require.Regexp(t, `(?m)^redis\s+DOWN\s+redis://127.0.0.1:1/0`, r.stdout)
+
+	// Unset: the default server.
+	r = cliEnv(t, map[string]string{"DATABASE_URL": dbURL}, "health", "--timeout", "1s")
+	require.Regexp(t, `(?m)^redis\s+(ok|DOWN)\s+.*`+defaultRedisURL, r.stdout)
+
+	// Commands that need Redis refuse, saying why.
+	for _, args := range [][]string{{"cache", "stats"}, {"cache", "get", "k"}, {"bench"}} {
+		r = cliEnv(t, empty, args...)
+		require.Equal(t, 2, r.code, "%v: %v", args, r.err)
+		require.ErrorContains(t, r.err, "needs Redis, but REDIS_URL is empty (no-cache mode)")
+	}
+
+	// The demo runs in no-cache mode and says why.
+	args := demoArgs(t)
+	for i, a := range args {
+		if a == "--redis-url" {
+			args = append(args[:i], args[i+2:]...)
+			break
+		}
+	}
+	r = cliEnv(t, empty, args...)
+	require.NoError(t, r.err, "stderr: %s", r.stderr)
+	require.Contains(t, r.stdout, `"mode": "no-cache"`)
+	require.Contains(t, r.stdout, `"no_cache_reason": "REDIS_URL is empty"`)
+}
