@@ -29,7 +29,7 @@ type Config struct {
 	DatabaseURL string // postgres://…; production wants sslmode=verify-full
 	RedisURL    string // redis:// or rediss://; "" means no-cache mode (every read goes to Postgres)
 	MaxConns    int32  // Postgres pool size; 0 keeps pgx's default (max(4, NumCPU))
-	Migrate     bool   // apply the embedded migrations before returning
+	Migrate     bool   // apply the embedded migrations before returning; false: Open checks the schema is there (ErrSchemaMissing)
 
 	// ConfigurePool, if set, may adjust the parsed pool configuration (a
 	// tracer, connection lifetimes, …) before the pool is created.
@@ -39,6 +39,25 @@ type Config struct {
 	Credits   *credits.CachedConfig   // nil: defaults (TTL 60 s)
 	Workflows *workflows.CachedConfig // nil: defaults (TTL 300 s, not-found 30 s)
 	Logger    *slog.Logger            // slog.Default()
+}
+
+// ErrSchemaMissing is returned by [Open], when Config.Migrate is false, for
+// a database without the schema this build needs (never migrated, or at an
+// older version): set Config.Migrate or run "ghlcache migrate up".
+var ErrSchemaMissing = errors.New("ghlcache: database schema missing or out of date: set Config.Migrate or run ghlcache migrate up")
+
+// checkSchema returns ErrSchemaMissing, with the versions, unless the
+// database of pool is at the schema version this build needs or a later
+// one (a newer release may have migrated it first). One query.
+func checkSchema(ctx context.Context, pool *pgxpool.Pool, rawURL string) error {
+	applied, err := db.AppliedVersion(ctx, pool)
+	if err != nil {
+		return fmt.Errorf("ghlcache: %s: %w", redact.URL(rawURL), redact.Error(err, rawURL))
+	}
+	if latest := db.LatestVersion(); applied < latest {
+		return fmt.Errorf("%w (%s is at schema version %d, this build needs %d)", ErrSchemaMissing, redact.URL(rawURL), applied, latest)
+	}
+	return nil
 }
 
 // Repos holds the cached repositories and what they run on. Credits and
@@ -53,7 +72,9 @@ type Repos struct {
 
 // Open connects to Postgres (checked with a ping) and Redis, and returns both
 // cached repositories. Redis being down is not an error: the cache falls
-// back to Postgres and recovers by itself. Errors never contain a password.
+// back to Postgres and recovers by itself. With Config.Migrate false, a
+// database without the schema this build needs is [ErrSchemaMissing]
+// (checked once, with one query). Errors never contain a password.
 func Open(ctx context.Context, cfg Config) (*Repos, error) {
 	if cfg.DatabaseURL == "" {
 		return nil, errors.New("ghlcache: Config.DatabaseURL is empty")
@@ -84,6 +105,9 @@ func Open(ctx context.Context, cfg Config) (*Repos, error) {
 			pool.Close()
 			return nil, fmt.Errorf("ghlcache: %w", err)
 		}
+	} else if err := checkSchema(ctx, pool, cfg.DatabaseURL); err != nil {
+		pool.Close()
+		return nil, err
 	}
 	// Copies of the caller's configs (nil: defaults), with Config.Logger
 	// where they set none.

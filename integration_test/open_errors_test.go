@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache"
+	"github.com/ghl-agency/ghlcache/db"
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
 )
 
@@ -91,4 +92,44 @@ func TestOpenMalformedURLsHidePasswords(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOpenWithoutSchema: with Config.Migrate false, a database never
+// migrated, or migrated to an older version, is ErrSchemaMissing with the
+// advice, not a "relation does not exist" on the first request.
+func TestOpenWithoutSchema(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	dbURL := testenv.NewDatabase(t)
+	open := func(migrate bool) error {
+		t.Helper()
+		repos, err := ghlcache.Open(ctx, ghlcache.Config{DatabaseURL: dbURL, Migrate: migrate})
+		if err == nil {
+			require.NoError(t, repos.Close())
+		} else {
+			require.Nil(t, repos)
+		}
+		return err
+	}
+
+	err := open(false)
+	require.ErrorIs(t, err, ghlcache.ErrSchemaMissing)
+	require.ErrorContains(t, err, "set Config.Migrate or run ghlcache migrate up")
+	require.ErrorContains(t, err, fmt.Sprintf("at schema version 0, this build needs %d", db.LatestVersion()))
+
+	require.NoError(t, open(true))
+	require.NoError(t, open(false), "migrated: nothing to say")
+
+	// One migration rolled back: out of date.
+	pool, err := pgxpool.New(ctx, dbURL)
+	require.NoError(t, err)
+	defer pool.Close()
+	p, err := db.NewProvider(pool)
+	require.NoError(t, err)
+	defer p.Close()
+	_, err = p.Down(ctx)
+	require.NoError(t, err)
+	err = open(false)
+	require.ErrorIs(t, err, ghlcache.ErrSchemaMissing)
+	require.ErrorContains(t, err, fmt.Sprintf("at schema version %d, this build needs %d", db.LatestVersion()-1, db.LatestVersion()))
 }
