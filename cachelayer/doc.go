@@ -67,4 +67,12 @@
 // which the cache adds. Counters of [Cache.Incr] and [Cache.Allow] are plain
 // Redis integers: keep them under keys that Fetch never reads, such as
 // "rate:{userId}:{endpoint}".
+//
+// # go-redis's own log lines
+//
+// The cache logs through Config.Logger. go-redis also logs by itself, through
+// one process-wide logger writing to stderr ("failed to dial", about once a
+// second per client while Redis is down). The library never changes that
+// global; a service routes those lines to its logger with
+// redis.SetLogger([RedisLogger](logger)), which also masks passwords.
 package cachelayer

@@ -19,8 +19,10 @@ import (
 )
 
 func main() {
-	// go-redis logs dial failures to stderr by itself; the commands report
-	// every error once, in their own words.
+	// go-redis logs dial failures to stderr by itself, about once a second
+	// during an outage; the commands report every error once, in their own
+	// words, so its lines are dropped. (A service routes them to its
+	// slog.Logger with cachelayer.RedisLogger instead.)
 	redis.SetLogger(discardLogger{})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)

@@ -269,6 +269,26 @@ func Wrap(rawURL string, err error, format string, args ...any) error {
 	return &scrubbed{msg: String(fmt.Sprintf(format, args...)+": "+err.Error(), rawURL), err: err}
 }
 
+var (
+	// anyUserinfo matches the userinfo of anything URL-like in free text,
+	// up to the last '@' of a word ("//u:pw@", "//pw@", "u:pw@").
+	anyUserinfo = regexp.MustCompile(`(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s"'<>]*@|[^\s/@"'<>=:]+:[^\s"'<>]*@`)
+	// schemeSlashes is the part of an anyUserinfo match that stays.
+	schemeSlashes = regexp.MustCompile(`^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//`)
+)
+
+// Message masks what may be a password in s, a message about no URL in
+// particular (go-redis's own log lines): the userinfo of anything URL-like
+// and password settings. Use String when the URL is known.
+func Message(s string) string {
+	s = anyUserinfo.ReplaceAllStringFunc(s, func(m string) string {
+		return schemeSlashes.FindString(m) + Mask + "@"
+	})
+	return keywordPassword.ReplaceAllStringFunc(s, func(m string) string {
+		return m[:strings.IndexByte(m, '=')+1] + Mask
+	})
+}
+
 // reasons map a parse error (already scrubbed, lower case) to what Reason
 // says; the first match wins. None of the library's text is repeated: it
 // quotes the input.

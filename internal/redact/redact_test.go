@@ -163,3 +163,18 @@ func TestErrorScrubsEverySpelling(t *testing.T) {
 	require.True(t, strings.HasPrefix(w.Error(), "connect postgres://u:xxxxx@h:1/db: "), w.Error())
 	require.ErrorIs(t, w, sentinel)
 }
+
+func TestMessage(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"dial redis://:Secret1@h:1/0 failed":    "dial redis://xxxxx@h:1/0 failed",
+		"dial redis://Secret1@h:1/0 failed":     "dial redis://xxxxx@h:1/0 failed",
+		"dial redis://:Sec@ret1@h:1/0 failed":   "dial redis://xxxxx@h:1/0 failed",
+		"addr u:Secret1@h:1":                    "addr xxxxx@h:1",
+		"conn host=h password = Secret1 user=u": "conn host=h password =xxxxx user=u",
+		"conn host=h password='Sec ret1'":       "conn host=h password=xxxxx",
+		"failed to dial after 1 attempts: dial tcp 127.0.0.1:1: connect: connection refused": "failed to dial after 1 attempts: dial tcp 127.0.0.1:1: connect: connection refused",
+	} {
+		require.Equal(t, want, redact.Message(in), in)
+	}
+}
