@@ -1,0 +1,250 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
+	"github.com/ghl-agency/ghlcache/internal/bench"
+)
+
+// demoReport is what the demo measured; --json prints it as is.
+type demoReport struct {
+	Database string `json:"database"` // redacted
+	Mode     string `json:"mode"`     // "redis" or "no-cache"
+	// NoCacheReason says why the mode is no-cache: "--no-cache", "REDIS_URL
+	// is empty" or "--redis-url is empty".
+	NoCacheReason string          `json:"no_cache_reason,omitempty"`
+	Prefix        string          `json:"prefix"`
+	Users         int             `json:"users"`
+	CreditTypes   []credits.Type  `json:"credit_types"`
+	Workflows     int             `json:"workflows"`
+	Concurrency   int             `json:"concurrency"`
+	Phase         bench.Duration  `json:"phase_duration"`
+	Seeding       bench.Duration  `json:"seeding"`
+	Baseline      demoPhase       `json:"baseline"`
+	Cached        demoPhase       `json:"cached"`
+	Consistency   demoConsistency `json:"consistency"`
+	Summary       []string        `json:"summary"`
+	Elapsed       bench.Duration  `json:"elapsed"`
+}
+
+// demoPhase is one phase's figures.
+type demoPhase struct {
+	Name                string         `json:"name"`
+	Reads               int64          `json:"reads"`
+	ReadsPerSec         float64        `json:"reads_per_sec"`
+	P50                 bench.Duration `json:"p50"`
+	P99                 bench.Duration `json:"p99"`
+	P999                bench.Duration `json:"p999"`
+	CreditWrites        int64          `json:"credit_writes"`
+	InsufficientDeducts int64          `json:"insufficient_deducts"`
+	WorkflowSaves       int64          `json:"workflow_saves"`
+	Errors              int64          `json:"errors"`
+	// ReadQueries are the balance and definition SELECTs Postgres received
+	// for the phase's reads; Avoided are reads that sent none.
+	ReadQueries  int64   `json:"read_queries"`
+	Avoided      int64   `json:"queries_avoided"`
+	TotalQueries int64   `json:"total_queries"` // every statement, writes and outbox included
+	HitRatio     float64 `json:"hit_ratio"`     // cache hits / (hits + misses); 0 without cache
+	// CPUPerRead is this process's CPU time per read (getrusage);
+	// MachineCPUPerRead the whole machine's (Postgres and Redis included,
+	// and anything else running), 0 where unknown.
+	CPUPerRead        bench.Duration `json:"cpu_per_read"`
+	MachineCPUPerRead bench.Duration `json:"machine_cpu_per_read"`
+	Cache             cacheCounters  `json:"cache"` // the cache's counters during the phase
+	Burst             demoBurst      `json:"burst"`
+	// Warmup is the unmeasured pass before the cached phase that reads
+	// every key once, so that the phase shows a running service's steady
+	// state rather than its first minutes.
+	Warmup *demoWarmup `json:"warmup,omitempty"`
+}
+
+// demoWarmup is the pass that fills the cache before the cached phase.
+type demoWarmup struct {
+	Keys int            `json:"keys"`
+	Wall bench.Duration `json:"wall"`
+}
+
+// demoBurst is the cold-key burst at the end of a phase.
+type demoBurst struct {
+	Goroutines int            `json:"goroutines"`
+	Queries    int64          `json:"queries"` // balance SELECTs for the burst
+	Wall       bench.Duration `json:"wall"`
+}
+
+// cacheCounters are cachelayer.Stats counters, with JSON names.
+type cacheCounters struct {
+	Hits                 int64 `json:"hits"`
+	Misses               int64 `json:"misses"`
+	Loads                int64 `json:"loads"`
+	LoadsShared          int64 `json:"loads_shared"`
+	LeaseWaits           int64 `json:"lease_waits"`
+	StaleFillsRejected   int64 `json:"stale_fills_rejected"`
+	Corrupt              int64 `json:"corrupt"`
+	Oversize             int64 `json:"oversize"`
+	RedisErrors          int64 `json:"redis_errors"`
+	Fallbacks            int64 `json:"fallbacks"`
+	Invalidations        int64 `json:"invalidations"`
+	InvalidationFailures int64 `json:"invalidation_failures"`
+	Recoveries           int64 `json:"recoveries"`
+}
+
+// statsDelta returns the counters of a since b.
+func statsDelta(a, b cachelayer.Stats) cacheCounters {
+	return cacheCounters{
+		Hits:                 a.Hits - b.Hits,
+		Misses:               a.Misses - b.Misses,
+		Loads:                a.Loads - b.Loads,
+		LoadsShared:          a.LoadsShared - b.LoadsShared,
+		LeaseWaits:           a.LeaseWaits - b.LeaseWaits,
+		StaleFillsRejected:   a.StaleFillsRejected - b.StaleFillsRejected,
+		Corrupt:              a.Corrupt - b.Corrupt,
+		Oversize:             a.Oversize - b.Oversize,
+		RedisErrors:          a.RedisErrors - b.RedisErrors,
+		Fallbacks:            a.Fallbacks - b.Fallbacks,
+		Invalidations:        a.Invalidations - b.Invalidations,
+		InvalidationFailures: a.InvalidationFailures - b.InvalidationFailures,
+		Recoveries:           a.Recoveries - b.Recoveries,
+	}
+}
+
+// demoSummary says in words where the win is, and where it is not.
+func demoSummary(r *demoReport) []string {
+	b, c := r.Baseline, r.Cached
+	var out []string
+	if r.Mode == "no-cache" {
+		out = append(out, "No-cache mode: every read of the cached phase went to Postgres, as in the baseline; "+
+			"only concurrent reads of one key were merged into one query.")
+	}
+	if b.P50 > 0 && c.P50 > 0 {
+		ratio := float64(b.P50) / float64(c.P50)
+		switch {
+		case ratio < 1.25 && ratio > 0.8:
+			out = append(out, fmt.Sprintf("Latency: a cached read took %s at the median against %s from Postgres. On loopback a Redis GET "+
+				"costs about as much as a primary-key SELECT, so reads are not much faster here; the gap grows with a network hop or a busy database.",
+				formatLatency(time.Duration(c.P50)), formatLatency(time.Duration(b.P50))))
+		case ratio >= 1.25:
+			out = append(out, fmt.Sprintf("Latency: a cached read took %s at the median against %s from Postgres (%.1f× faster); "+
+				"on loopback most of that is Postgres being busier, not Redis being far faster.",
+				formatLatency(time.Duration(c.P50)), formatLatency(time.Duration(b.P50)), ratio))
+		default:
+			out = append(out, fmt.Sprintf("Latency: a cached read took %s at the median, slower than Postgres's %s on this machine: "+
+				"the cache does not make reads faster here.", formatLatency(time.Duration(c.P50)), formatLatency(time.Duration(b.P50))))
+		}
+	}
+	if c.Reads > 0 && r.Mode != "no-cache" {
+		out = append(out, fmt.Sprintf("Postgres load, the real win: %s reads sent %s SELECTs (%.1f%% avoided), against one per read in the baseline.",
+			formatRate(float64(c.Reads)), formatRate(float64(c.ReadQueries)), 100*float64(c.Avoided)/float64(c.Reads)))
+	}
+	if b.MachineCPUPerRead > 0 && c.MachineCPUPerRead > 0 {
+		out = append(out, fmt.Sprintf("CPU: the whole machine spent %s per read without the cache and %s with it (this process alone: %s and %s).",
+			formatLatency(time.Duration(b.MachineCPUPerRead)), formatLatency(time.Duration(c.MachineCPUPerRead)),
+			formatLatency(time.Duration(b.CPUPerRead)), formatLatency(time.Duration(c.CPUPerRead))))
+	}
+	out = append(out, fmt.Sprintf("Stampede: %d goroutines reading a hot key that a write had just invalidated cost %d SELECT(s) with the cache, %d without.",
+		c.Burst.Goroutines, c.Burst.Queries, b.Burst.Queries))
+	if r.Consistency.Passed {
+		out = append(out, fmt.Sprintf("Consistency: all %d cached balances and %d cached definitions equal Postgres after %d writes.",
+			r.Consistency.BalancesCached, r.Consistency.DefinitionsCached, b.CreditWrites+c.CreditWrites+b.WorkflowSaves+c.WorkflowSaves))
+	} else {
+		out = append(out, fmt.Sprintf("Consistency: FAILED, %d cached values differ from Postgres.", r.Consistency.Mismatches))
+	}
+	return out
+}
+
+// printDemo writes the report as a table and the summary.
+func printDemo(w io.Writer, r *demoReport) error {
+	fmt.Fprintf(w, "ghlcache demo — %d users × %d credit types, %d workflow definitions, %d goroutines, %s per phase\n",
+		r.Users, len(r.CreditTypes), r.Workflows, r.Concurrency, r.Phase)
+	mode := r.Mode
+	if r.NoCacheReason != "" {
+		mode += ", " + r.NoCacheReason
+	}
+	fmt.Fprintf(w, "database %s, Redis keys under %q (mode: %s), seeded in %s\n\n", r.Database, r.Prefix, mode, r.Seeding)
+	b, c := r.Baseline, r.Cached
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "\t%s\t%s\n", b.Name, c.Name)
+	row := func(label string, f func(p demoPhase) string) { fmt.Fprintf(tw, "%s\t%s\t%s\n", label, f(b), f(c)) }
+	lat := func(d bench.Duration) string { return formatLatency(time.Duration(d)) }
+	row("reads/s", func(p demoPhase) string { return formatRate(p.ReadsPerSec) })
+	row("read latency p50", func(p demoPhase) string { return lat(p.P50) })
+	row("read latency p99", func(p demoPhase) string { return lat(p.P99) })
+	row("read latency p99.9", func(p demoPhase) string { return lat(p.P999) })
+	row("cache hit ratio", func(p demoPhase) string {
+		if p.Cache.Hits+p.Cache.Misses == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.1f%%", 100*p.HitRatio)
+	})
+	row("reads", func(p demoPhase) string { return formatRate(float64(p.Reads)) })
+	row("Postgres SELECTs for reads", func(p demoPhase) string {
+		return fmt.Sprintf("%s (%.3f per read)", formatRate(float64(p.ReadQueries)), float64(p.ReadQueries)/float64(max(p.Reads, 1)))
+	})
+	row("Postgres queries avoided", func(p demoPhase) string { return formatRate(float64(p.Avoided)) })
+	row("Postgres statements, all", func(p demoPhase) string { return formatRate(float64(p.TotalQueries)) })
+	row("CPU per read, this process", func(p demoPhase) string { return lat(p.CPUPerRead) })
+	row("CPU per read, whole machine", func(p demoPhase) string {
+		if p.MachineCPUPerRead == 0 {
+			return "—"
+		}
+		return lat(p.MachineCPUPerRead)
+	})
+	row("credit adds/deducts", func(p demoPhase) string {
+		return fmt.Sprintf("%s (+%d refused: insufficient)", formatRate(float64(p.CreditWrites)), p.InsufficientDeducts)
+	})
+	row("workflow saves", func(p demoPhase) string { return formatRate(float64(p.WorkflowSaves)) })
+	row("loads (cache misses loaded)", func(p demoPhase) string { return formatRate(float64(p.Cache.Loads)) })
+	row("loads shared (singleflight)", func(p demoPhase) string { return formatRate(float64(p.Cache.LoadsShared)) })
+	row("stale fills rejected", func(p demoPhase) string { return formatRate(float64(p.Cache.StaleFillsRejected)) })
+	row("invalidations", func(p demoPhase) string { return formatRate(float64(p.Cache.Invalidations)) })
+	row(fmt.Sprintf("burst: %d readers, SELECTs", c.Burst.Goroutines), func(p demoPhase) string {
+		return fmt.Sprintf("%d (in %s)", p.Burst.Queries, lat(p.Burst.Wall))
+	})
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if wu := c.Warmup; wu != nil {
+		fmt.Fprintf(w, "(before the cached phase, %d keys were read once to warm the cache, in %s; not measured)\n", wu.Keys, wu.Wall)
+	}
+	cs := r.Consistency
+	verdict := "passed"
+	if !cs.Passed {
+		verdict = "FAILED"
+	}
+	fmt.Fprintf(w, "\nconsistency check %s: %d balances checked, %d cached, %d cached definitions, %d mismatches\n",
+		verdict, cs.BalancesChecked, cs.BalancesCached, cs.DefinitionsCached, cs.Mismatches)
+	for _, ex := range cs.Examples {
+		fmt.Fprintf(w, "  %s\n", ex)
+	}
+	fmt.Fprintln(w)
+	for _, s := range r.Summary {
+		fmt.Fprintf(w, "%s\n", wrapText(s, 78, "  "))
+	}
+	fmt.Fprintf(w, "\ntook %s\n", r.Elapsed)
+	return nil
+}
+
+// wrapText wraps s at width, indenting continuation lines.
+func wrapText(s string, width int, indent string) string {
+	var b strings.Builder
+	line := 0
+	for i, word := range strings.Fields(s) {
+		if i > 0 {
+			if line+1+len(word) > width {
+				b.WriteString("\n" + indent)
+				line = len(indent)
+			} else {
+				b.WriteByte(' ')
+				line++
+			}
+		}
+		b.WriteString(word)
+		line += len(word)
+	}
+	return b.String()
+}
