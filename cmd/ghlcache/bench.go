@@ -110,7 +110,7 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 	cfg.RedisOptions = ropts
 	cfg.Prefix = o.prefix
 	cfg.Logger = slog.New(slog.DiscardHandler)
-	bar := newProgress(e.stderr, 1, "bench")
+	bar := e.newProgress(1, "bench")
 	cfg.Progress = func(step string, done, total int) {
 		if bar.bar != nil {
 			bar.bar.ChangeMax(total)

@@ -49,7 +49,10 @@ type env struct {
 	stdout, stderr io.Writer
 	global         globalFlags
 	lookupEnv      func(string) (string, bool) // os.LookupEnv
-
+	terminal       func(io.Writer) bool        // isTerminal: whether to draw progress bars on stderr
+	// demoHook, if set, is called as the demo reaches each stage (see
+	// demoStage); tests use it to order faults without sleeping.
+	demoHook func(stage string)
 }
 
 // usageError is a mistake in the command line; it exits with code 2.
@@ -60,12 +63,12 @@ func (e *usageError) Error() string { return e.msg }
 // run runs the command line args (without the program name). It returns nil
 // after --help.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return runEnv(ctx, args, stdout, stderr, os.LookupEnv)
+	e := &env{stdout: stdout, stderr: stderr, lookupEnv: os.LookupEnv, terminal: isTerminal}
+	return e.run(ctx, args)
 }
 
-// runEnv is run with the environment variables lookupEnv returns.
-func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) error {
-	e := &env{stdout: stdout, stderr: stderr, lookupEnv: lookupEnv}
+// run runs args with e's streams, environment and hooks.
+func (e *env) run(ctx context.Context, args []string) error {
 	root := &command{
 		name:        "ghlcache",
 		summary:     "operate a ghlcache deployment",

@@ -1,28 +1,20 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
 )
 
-// cliEnv is cli with the environment variables env (and no others).
-func cliEnv(t *testing.T, env map[string]string, args ...string) result {
+// cliEnv is cli with the environment variables vars (and no others).
+func cliEnv(t *testing.T, vars map[string]string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	err := runEnv(ctx, args, &stdout, &stderr, func(name string) (string, bool) {
-		v, ok := env[name]
+	return cliWith(t, &env{lookupEnv: func(name string) (string, bool) {
+		v, ok := vars[name]
 		return v, ok
-	})
-	code := report(&stderr, err)
-	return result{stdout: stdout.String(), stderr: stderr.String(), err: err, code: code}
+	}}, args...)
 }
 
 // TestEmptyRedisURLIsNoCacheMode: as in the library, REDIS_URL set but

@@ -32,8 +32,12 @@ The baseline phase reads through the plain Postgres stores, the cached phase
 through the cached repositories; writes always go through the cached
 repositories, so the cache stays correct in both. The report compares
 throughput, latency, Postgres queries and CPU, shows the cache's counters,
-and ends with a consistency check (every cached balance equals Postgres's):
-the command fails when that check fails.
+and ends with a consistency check (every cached balance equals Postgres's).
+Once seeded, the demo always prints its report; it then exits with status
+1 when an operation failed, when the check found a mismatch, or when it
+could not verify the cache (Redis unreachable): outages (reads that fell
+back to Postgres, breaker openings, invalidations that did not reach Redis)
+are rows of the report.
 
 Keys live under --prefix (deleted at the start). With --no-cache (or a
 REDIS_URL set but empty, the library's no-cache mode) the cached phase runs the cached repositories in no-cache mode (every read goes to
@@ -72,7 +76,15 @@ const (
 	demoBalanceReads   = 0.7   // of the reads; the rest are definitions
 	demoMaxChange      = 50    // credits per add or deduct
 	demoProgressTicks  = 100   // steps of a phase's progress bar
+	demoSeedTicks      = 20    // steps of seeding on the progress bar
 	demoQuiesceTimeout = 10 * time.Second
+)
+
+// The stages at which the demo calls env.demoHook.
+const (
+	demoStageSeeded  = "seeded"
+	demoStageWarmed  = "warmed" // before the cached phase
+	demoStageChecked = "checked"
 )
 
 func runDemo(ctx context.Context, e *env, o demoOptions) error {
@@ -92,27 +104,41 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		Mode: "redis", Prefix: o.prefix, Users: o.users, CreditTypes: demoCreditTypes, Workflows: o.workflows,
 		Concurrency: o.concurrency, Phase: bench.Duration(o.duration),
 	}
+	hook := func(stage string) {
+		if e.demoHook != nil {
+			e.demoHook(stage)
+		}
+	}
+	// A progress bar on a terminal's stderr from the first step (creating
+	// the database and seeding take a while on a first run); none with
+	// --json.
+	bar := &progress{}
+	if !o.json {
+		bar = e.newProgress(demoSeedTicks+2*demoProgressTicks+1, "connecting")
+	}
+	defer bar.finish()
 
 	// The cache first: a Redis that is down fails here, before any seeding.
 	ccfg := &cachelayer.Config{Prefix: o.prefix, Logger: logger}
 	var cache *cachelayer.Cache
+	redisURL := e.redisURL()
 	if rep.NoCacheReason = e.noCache(); rep.NoCacheReason != "" {
 		rep.Mode = "no-cache"
 		cache = cachelayer.New(nil, ccfg)
 	} else {
-		raw := e.redisURL()
 		var err error
-		if cache, err = cachelayer.Open(ctx, raw, ccfg); err != nil {
-			return wrapURL(raw, err, "redis")
+		if cache, err = cachelayer.Open(ctx, redisURL, ccfg); err != nil {
+			return wrapURL(redisURL, err, "redis")
 		}
 		if h := cache.Health(ctx); !h.Healthy {
 			_ = cache.Close()
 			return fmt.Errorf("redis %s is down (%s); start it, or run the demo with --no-cache",
-				redactURL(raw), oneLine(scrub(h.Err, raw)))
+				redactURL(redisURL), oneLine(scrub(h.Err, redisURL)))
 		}
 	}
 	defer cache.Close()
 
+	bar.set(0, "creating and migrating the demo database")
 	counter := &bench.QueryCounter{}
 	pool, dbURL, err := openDemoDatabase(ctx, e, o.dbName, func(c *pgxpool.Config) { c.ConnConfig.Tracer = counter })
 	if err != nil {
@@ -128,7 +154,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 
 	// Seed.
 	seedStart := time.Now()
-	d := &demo{opts: o, pool: pool, cache: cache, counter: counter, rep: rep}
+	d := &demo{opts: o, pool: pool, cache: cache, counter: counter, rep: rep, bar: bar}
 	if err := d.seed(ctx); err != nil {
 		return wrapURL(dbURL, err, "demo: seed")
 	}
@@ -138,12 +164,13 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	defer d.credits.Close()
 	d.workflows = workflows.NewCached(d.wfStore, cache, &workflows.CachedConfig{Logger: logger})
 	defer d.workflows.Close()
+	hook(demoStageSeeded)
 
-	bar := newProgress(e.stderr, 2*demoProgressTicks+1, "baseline")
-	rep.Baseline, err = d.phase(ctx, "baseline (Postgres)", false, bar, 0)
-	if err != nil {
-		bar.finish()
-		return wrapURL(dbURL, err, "demo: baseline phase")
+	// From here on the demo always prints its report: a failing phase, an
+	// outage or a check that cannot run are in it, and make the exit
+	// status 1 after it.
+	if rep.Baseline, err = d.phase(ctx, "baseline (Postgres)", false, demoSeedTicks); err != nil {
+		return wrapURL(dbURL, err, "demo: baseline phase") // interrupted
 	}
 	cachedName := "cached (ghlcache)"
 	if rep.Mode == "no-cache" {
@@ -151,24 +178,25 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	}
 	var warmup *demoWarmup
 	if rep.Mode != "no-cache" {
-		bar.set(demoProgressTicks, "warming the cache")
+		bar.set(demoSeedTicks+demoProgressTicks, "warming the cache")
 		if warmup, err = d.warm(ctx); err != nil {
-			bar.finish()
-			return wrapURL(dbURL, err, "demo: warm-up")
+			rep.Problems = append(rep.Problems, "warm-up: "+err.Error())
 		}
 	}
-	rep.Cached, err = d.phase(ctx, cachedName, true, bar, demoProgressTicks)
+	hook(demoStageWarmed)
+	rep.Cached, err = d.phase(ctx, cachedName, true, demoSeedTicks+demoProgressTicks)
 	rep.Cached.Warmup = warmup
 	if err != nil {
-		bar.finish()
-		return wrapURL(dbURL, err, "demo: cached phase")
+		return wrapURL(dbURL, err, "demo: cached phase") // interrupted
 	}
-	bar.set(2*demoProgressTicks, "consistency check")
-	rep.Consistency, err = d.check(ctx)
+	bar.set(demoSeedTicks+2*demoProgressTicks, "consistency check")
+	rep.Consistency = d.check(ctx)
+	hook(demoStageChecked)
 	bar.finish()
-	if err != nil {
-		return wrapURL(dbURL, err, "demo: consistency check")
+	if err := ctx.Err(); err != nil {
+		return err
 	}
+	rep.scrub(dbURL, redisURL)
 	rep.Summary = demoSummary(rep)
 	rep.Elapsed = bench.Duration(time.Since(begin).Round(time.Millisecond))
 
@@ -181,10 +209,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	} else if err := printDemo(e.stdout, rep); err != nil {
 		return err
 	}
-	if !rep.Consistency.Passed {
-		return fmt.Errorf("demo: consistency check failed: %d cached value(s) differ from Postgres", rep.Consistency.Mismatches)
-	}
-	return nil
+	return rep.verdict()
 }
 
 // demo holds one run's state.
@@ -194,6 +219,7 @@ type demo struct {
 	cache   *cachelayer.Cache
 	counter *bench.QueryCounter
 	rep     *demoReport
+	bar     *progress
 
 	firstUser   int64
 	defIDs      []int64

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"io"
+	"os"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -125,4 +127,22 @@ func TestDemoDown(t *testing.T) {
 			requireNoSecret(t, r)
 		})
 	}
+}
+
+// TestDemoProgress: on a terminal the progress bar starts with the
+// database and the seeding (slow on a first run), not after them; with
+// --json nothing is drawn.
+func TestDemoProgress(t *testing.T) {
+	t.Parallel()
+	terminal := func(io.Writer) bool { return true }
+	args := demoArgs(t)
+	r := cliWith(t, &env{lookupEnv: os.LookupEnv, terminal: terminal}, append(args[:1], args[2:]...)...) // without --json
+	require.NoError(t, r.err, "stderr: %s", r.stderr)
+	require.Contains(t, r.stderr, "creating and migrating the demo database")
+	require.Contains(t, r.stderr, "seeding")
+	require.Contains(t, r.stdout, "consistency check passed", "the report is on stdout")
+
+	r = cliWith(t, &env{lookupEnv: os.LookupEnv, terminal: terminal}, demoArgs(t)...)
+	require.NoError(t, r.err)
+	require.Empty(t, r.stderr, "--json draws no progress")
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ghl-agency/ghlcache/credits"
@@ -14,8 +15,11 @@ import (
 )
 
 // seed creates the users' balances (one statement) and the workflow
-// definitions (through the store, a few at a time).
+// definitions (through the store, a few at a time), moving the progress
+// bar through its first demoSeedTicks steps.
 func (d *demo) seed(ctx context.Context) error {
+	balances := d.opts.users * len(demoCreditTypes)
+	d.bar.set(1, fmt.Sprintf("seeding %d balances", balances))
 	first, err := bench.SeedBalances(ctx, d.pool, d.opts.users, demoCreditTypes)
 	if err != nil {
 		return err
@@ -23,6 +27,12 @@ func (d *demo) seed(ctx context.Context) error {
 	d.firstUser = first
 	store := workflows.NewStore(d.pool)
 	d.defIDs = make([]int64, d.opts.workflows)
+	var saved atomic.Int64
+	step := func() {
+		n := int(saved.Add(1))
+		d.bar.set(demoSeedTicks/2+n*demoSeedTicks/2/len(d.defIDs),
+			fmt.Sprintf("seeding workflow definitions %d/%d", n, len(d.defIDs)))
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
 	for w := range 8 {
@@ -37,6 +47,7 @@ func (d *demo) seed(ctx context.Context) error {
 					return
 				}
 				d.defIDs[i] = def.ID
+				step()
 			}
 		})
 	}
@@ -86,8 +97,10 @@ type phaseWorker struct {
 
 // phase runs the workload for the phase duration, reading through the
 // cached repositories when cached is set (else through the stores), then
-// the cold-key burst.
-func (d *demo) phase(ctx context.Context, name string, cached bool, bar *progress, barBase int) (demoPhase, error) {
+// the cold-key burst. Failed operations are counted in the phase; its error
+// is ctx's only.
+func (d *demo) phase(ctx context.Context, name string, cached bool, barBase int) (demoPhase, error) {
+	bar := d.bar
 	ph := demoPhase{Name: name}
 	readBalance := func(ctx context.Context, u int64, t credits.Type) (credits.Balance, error) {
 		return d.creditStore.Balance(ctx, u, t)
@@ -139,8 +152,8 @@ loop:
 			firstErr = w.firstErr
 		}
 	}
-	if ph.Errors > 0 {
-		return ph, fmt.Errorf("%d operations failed, the first: %w", ph.Errors, firstErr)
+	if firstErr != nil {
+		ph.FirstError = firstErr.Error()
 	}
 	ph.ReadsPerSec = float64(ph.Reads) / usage.Wall.Seconds()
 	ph.P50, ph.P99, ph.P999 = bench.Duration(hist.Quantile(0.5)), bench.Duration(hist.Quantile(0.99)), bench.Duration(hist.Quantile(0.999))
@@ -148,9 +161,9 @@ loop:
 	ph.Avoided = max(ph.Reads-ph.ReadQueries, 0)
 	ph.TotalQueries = queries.Total
 	ph.Cache = statsDelta(stats, stats0)
-	if lookups := ph.Cache.Hits + ph.Cache.Misses; lookups > 0 {
-		ph.HitRatio = float64(ph.Cache.Hits) / float64(lookups)
-	}
+	ph.BreakerOpenings = max(ph.Cache.Recoveries+b2i(stats.BreakerOpen)-b2i(stats0.BreakerOpen), 0)
+	ph.BreakerOpenAtEnd = stats.BreakerOpen
+	ph.setRatios()
 	if ph.Reads > 0 {
 		ph.CPUPerRead = bench.Duration(usage.Process / time.Duration(ph.Reads))
 		ph.MachineCPUPerRead = bench.Duration(usage.Machine / time.Duration(ph.Reads))
@@ -158,9 +171,11 @@ loop:
 
 	// The burst: a write invalidates the hottest balance, then many
 	// goroutines read it at once.
+	ph.Burst.Goroutines = d.opts.burst
 	hot := bench.Key{UserID: d.firstUser, Type: demoCreditTypes[0]}
 	if _, err := d.credits.Add(ctx, credits.Change{UserID: hot.UserID, Type: hot.Type, Amount: 1, Reason: "demo burst"}); err != nil {
-		return ph, err
+		ph.Burst.Error = err.Error()
+		return ph, ctx.Err()
 	}
 	read := func(ctx context.Context, k bench.Key) (credits.Balance, error) {
 		return readBalance(ctx, k.UserID, k.Type)
@@ -169,9 +184,10 @@ loop:
 	defer bcancel()
 	burst, err := bench.Stampede(bctx, []bench.ReadFunc{read}, hot, d.opts.burst, d.counter)
 	if err != nil {
-		return ph, err
+		ph.Burst.Error = err.Error()
+		return ph, ctx.Err()
 	}
-	ph.Burst = demoBurst{Goroutines: d.opts.burst, Queries: burst.Queries, Wall: bench.Duration(burst.Wall)}
+	ph.Burst.Queries, ph.Burst.Wall = burst.Queries, bench.Duration(burst.Wall)
 	return ph, nil
 }
 
@@ -242,4 +258,23 @@ func (d *demo) work(ctx context.Context, w *phaseWorker, seed uint64,
 			w.reads++
 		}
 	}
+}
+
+// setRatios sets the hit and fallback ratios from the reads and the
+// cache's counters. Hits per read, not per lookup: a read that fell back to
+// Postgres because Redis failed is no hit, so the ratio agrees with the
+// SELECTs per read. (A read cut short by the phase's end may have counted a
+// hit: hence the bound.)
+func (ph *demoPhase) setRatios() {
+	if ph.Reads > 0 {
+		ph.HitRatio = min(float64(ph.Cache.Hits)/float64(ph.Reads), 1)
+		ph.FallbackRatio = min(float64(ph.Cache.Fallbacks)/float64(ph.Reads), 1)
+	}
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -40,10 +40,18 @@ type result struct {
 // cli runs the command line args in-process, as main does, with a deadline.
 func cli(t *testing.T, args ...string) result {
 	t.Helper()
+	return cliWith(t, &env{lookupEnv: os.LookupEnv, terminal: isTerminal}, args...)
+}
+
+// cliWith is cli with e's environment and hooks (its streams are the
+// result's).
+func cliWith(t *testing.T, e *env, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	err := run(ctx, args, &stdout, &stderr)
+	e.stdout, e.stderr = &stdout, &stderr
+	err := e.run(ctx, args)
 	code := report(&stderr, err)
 	return result{stdout: stdout.String(), stderr: stderr.String(), err: err, code: code}
 }

@@ -20,13 +20,13 @@ type progress struct {
 	bar *progressbar.ProgressBar // nil: hidden
 }
 
-// newProgress starts a bar of total steps on w.
-func newProgress(w io.Writer, total int, desc string) *progress {
-	if !isTerminal(w) {
+// newProgress starts a bar of total steps on stderr, if it is a terminal.
+func (e *env) newProgress(total int, desc string) *progress {
+	if e.terminal == nil || !e.terminal(e.stderr) {
 		return &progress{}
 	}
 	return &progress{bar: progressbar.NewOptions(total,
-		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetWriter(e.stderr),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionSetWidth(30),
 		progressbar.OptionShowElapsedTimeOnFinish(),
