@@ -64,16 +64,18 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 }
 
 // Balance implements [Repo]: a read through the cache, or from Postgres while
-// this process's own invalidation of the key is pending.
+// this process's own invalidation of the key is pending (concurrent reads of
+// one key share one load either way).
 func (c *Cached) Balance(ctx context.Context, userID int64, t Type) (Balance, error) {
 	if err := validateOwner(userID, t); err != nil {
 		return Balance{}, err
 	}
 	key := Key(userID, t)
-	if c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key)) {
-		return c.store.Balance(ctx, userID, t)
-	}
-	return cachelayer.Fetch(ctx, c.cache, key, c.ttl, func(ctx context.Context) (Balance, error) {
+	opts := cachelayer.FetchOptions{TTL: c.ttl}
+	// While this process's invalidation of the key is pending, Redis may
+	// hold the old balance: read Postgres, still one shared load per key.
+	opts.SkipRedis = c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key))
+	return cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Balance, error) {
 		return c.store.Balance(ctx, userID, t)
 	})
 }

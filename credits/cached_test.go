@@ -285,3 +285,51 @@ func TestCachedBadInputWritesNothing(t *testing.T) {
 	require.ErrorIs(t, err, credits.ErrInvalid)
 	require.Zero(t, a.cache.Stats().Invalidations)
 }
+
+// TestCachedPendingReadsShareOneLoad: while the writer's invalidation is
+// pending (its Redis unreachable), concurrent reads of the key in the
+// writer's process share loads like every other read — a few balance
+// queries for 200 reads, not 200 — and each returns the write.
+func TestCachedPendingReadsShareOneLoad(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	prefix := testenv.Prefix(t)
+	proxy := testenv.StartProxy(t, redisAddr(t))
+	writer := newInstance(t, prefix, proxy.Addr, time.Hour)
+	user := testenv.NewID()
+	_, err := writer.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	proxy.Block()
+	want, err := writer.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+	require.NoError(t, err)
+	st, err := writer.repo.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.Pending, "the invalidation is pending")
+
+	const n = 200
+	held, release := writer.tracer.HoldNext()
+	defer release()
+	before := writer.tracer.Count()
+	var started, wg sync.WaitGroup
+	started.Add(n)
+	for range n {
+		wg.Go(func() {
+			started.Done()
+			got, err := writer.repo.Balance(ctx, user, enrichment)
+			if err != nil || got != want {
+				t.Errorf("pending read: %+v %v, want %+v", got, err, want)
+			}
+		})
+	}
+	select {
+	case <-held: // the first read's query is held
+	case <-ctx.Done():
+		t.Fatal("no read reached Postgres")
+	}
+	started.Wait()
+	release()
+	wg.Wait()
+	queries := writer.tracer.Count() - before
+	t.Logf("%d reads of a pending key: %d balance queries", n, queries)
+	require.LessOrEqual(t, queries, int64(10), "reads of a pending key share loads")
+}

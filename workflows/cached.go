@@ -68,16 +68,18 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 
 // Definition implements [Repo]: a read through the cache (a missing id is
 // cached as "not found"), or from Postgres while this process's own
-// invalidation of the key is pending.
+// invalidation of the key is pending (concurrent reads of one id share one
+// load either way).
 func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 	if err := validateID(id); err != nil {
 		return Definition{}, err
 	}
 	key := Key(id)
-	if c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key)) {
-		return c.store.Definition(ctx, id)
-	}
-	d, err := cachelayer.FetchWith(ctx, c.cache, key, c.opts, func(ctx context.Context) (Definition, error) {
+	opts := c.opts
+	// While this process's invalidation of the key is pending, Redis may
+	// hold the old definition: read Postgres, still one shared load per key.
+	opts.SkipRedis = c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key))
+	d, err := cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Definition, error) {
 		d, err := c.store.Definition(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			return d, fmt.Errorf("%w (%w)", err, cachelayer.ErrNotFound)
