@@ -139,3 +139,40 @@ func TestCachedHitIsDeepEqual(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, ttl, 270*time.Second, "definitions are cached 300 s minus at most 10%")
 }
+
+// TestCachedSpecWithHTMLCharactersRoundTrips: a hit returns the store's
+// Spec byte for byte, also when it holds & < > (which encoding/json would
+// escape by default), and callers served by one load own their Spec.
+func TestCachedSpecWithHTMLCharactersRoundTrips(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	a := newInstance(t, testenv.Prefix(t))
+	saved, err := a.repo.Save(ctx, workflows.Definition{Name: "html",
+		Spec: json.RawMessage(`{"body":"<p>a & b</p>","cond":"x > 1 && y < 2"}`)})
+	require.NoError(t, err)
+	stored, err := workflows.NewStore(testenv.Pool(t)).Definition(ctx, saved.ID)
+	require.NoError(t, err)
+
+	const n = 20
+	got := make([]workflows.Definition, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			d, err := a.repo.Definition(ctx, saved.ID)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got[i] = d
+		})
+	}
+	wg.Wait()
+	for i := range n {
+		require.Equal(t, stored, got[i], "a cold read equals the store's")
+		got[i].Spec[0] = ' ' // each request may change its own copy
+	}
+	hit, err := a.repo.Definition(ctx, saved.ID)
+	require.NoError(t, err)
+	require.Equal(t, stored, hit, "a hit equals the store's, byte for byte")
+	require.Positive(t, a.cache.Stats().Hits)
+}
