@@ -94,21 +94,22 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 // Save implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Save(ctx context.Context, d Definition) (Definition, error) {
 	out, id, err := c.store.save(ctx, d, c.fullKey)
+	if id != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
+		c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
+	}
 	if err != nil {
 		return Definition{}, err
 	}
-	c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
 	return out, nil
 }
 
 // Delete implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Delete(ctx context.Context, id int64) error {
 	rowID, err := c.store.delete(ctx, id, c.fullKey)
-	if err != nil {
-		return err
+	if rowID != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
+		c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
 	}
-	c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
-	return nil
+	return err
 }
 
 func (c *Cached) fullKey(id int64) string { return c.cache.FullKey(Key(id)) }

@@ -133,6 +133,19 @@ func TestPendingClearedWhenAnotherInstanceSwept(t *testing.T) {
 	require.False(t, o.Pending("k"))
 }
 
+// TestPendingClearedWhenRowNeverCommitted: after an ambiguous COMMIT the
+// writer invalidates a row id that may not exist; if the change did not
+// commit, the pending mark clears at the next sweep even while Redis is down.
+func TestPendingClearedWhenRowNeverCommitted(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, _ := setup(t)
+	inv.setDown(true)
+	o.Invalidate(ctx, "never-committed", 1<<62) // no such row
+	require.True(t, o.Pending("never-committed"))
+	_ = o.Sweep(ctx)
+	require.False(t, o.Pending("never-committed"))
+}
+
 func TestSweepDropsExpiredRowsWithoutDelete(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, domain := setup(t)
