@@ -63,6 +63,104 @@ func TestCachedCommitReplyLost(t *testing.T) {
 		10*time.Second, 10*time.Millisecond, "the invalidation's outbox row is removed")
 }
 
+// TestCachedNoCacheWriterLeavesRowForCachedInstances: an instance in
+// no-cache mode shares the database (and so the outbox) with a cached
+// instance. Its deduct cannot reach Redis, so it must not count the
+// invalidation as delivered: the row stays (through its own sweep and
+// Close) until the cached instance's sweep deletes the key, and then the
+// cached instance reads the new balance. Nothing is left pending in the
+// no-cache instance, whose reads go to Postgres anyway. Not parallel: any
+// other test's sweeper would remove the row.
+func TestCachedNoCacheWriterLeavesRowForCachedInstances(t *testing.T) {
+	ctx := testContext(t)
+	prefix := testenv.Prefix(t)
+	cached := newInstance(t, prefix, "", time.Hour) // sweeps only when told
+	noCache := cachelayer.New(nil, &cachelayer.Config{Prefix: prefix})
+	writer := credits.NewCached(credits.NewStore(testenv.NewPool(t, nil)), noCache, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(func() { _ = writer.Close() })
+
+	user := testenv.NewID()
+	fullKey := cached.cache.FullKey(credits.Key(user, enrichment))
+	_, err := cached.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	old := mustBalance(ctx, t, cached.repo, user) // cached in Redis now
+
+	want, err := writer.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+	require.NoError(t, err, "writes succeed in no-cache mode")
+	require.Equal(t, want, mustBalance(ctx, t, writer, user), "no-cache reads go to Postgres")
+	st, err := writer.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.Pending, "nothing pending in no-cache mode")
+	require.NoError(t, writer.Sweep(ctx), "a no-cache sweep has nothing to do")
+	require.NoError(t, writer.Close()) // flushes its queue of rows to remove, if it had one
+	require.Equal(t, 1, outboxRows(ctx, t, fullKey), "the row waits for an instance that can delete the key")
+	require.Equal(t, old, mustBalance(ctx, t, cached.repo, user), "the cached instance still has the old entry")
+
+	require.NoError(t, cached.repo.Sweep(ctx))
+	require.Zero(t, outboxRows(ctx, t, fullKey))
+	require.Equal(t, want, mustBalance(ctx, t, cached.repo, user), "after its sweep the cached instance reads the new balance")
+}
+
+// TestCachedClosedCacheTakesNoRows: an instance whose Cache was closed
+// while its Cached still runs must neither remove another instance's
+// leftover row nor hold it (a claim's row lock would make healthy sweepers
+// skip it): a healthy instance sweeps the row while the closed instance's
+// sweep is held mid-query. Not parallel, for the same reason.
+func TestCachedClosedCacheTakesNoRows(t *testing.T) {
+	ctx := testContext(t)
+	prefix := testenv.Prefix(t)
+	healthy := newInstance(t, prefix, "", time.Hour)
+	proxy := testenv.StartProxy(t, redisAddr(t))
+	cutOff := newInstance(t, prefix, proxy.Addr, time.Hour) // leaves a row behind
+
+	tracer := &testenv.QueryTracer{Match: "cache_outbox"}
+	closedCache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: prefix})
+	require.NoError(t, closedCache.Close())
+	closed := credits.NewCached(credits.NewStore(testenv.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })),
+		closedCache, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(func() { _ = closed.Close() })
+
+	user := testenv.NewID()
+	fullKey := healthy.cache.FullKey(credits.Key(user, enrichment))
+	_, err := healthy.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	old := mustBalance(ctx, t, healthy.repo, user) // cached
+	proxy.Block()
+	want, err := cutOff.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+	require.NoError(t, err)
+	require.NoError(t, cutOff.repo.Close())
+	require.Equal(t, 1, outboxRows(ctx, t, fullKey), "the cut-off writer left its row")
+
+	require.NoError(t, closed.Sweep(ctx))
+	require.Equal(t, 1, outboxRows(ctx, t, fullKey), "a closed cache's sweep removes nothing")
+	require.Equal(t, old, mustBalance(ctx, t, healthy.repo, user))
+
+	// Hold the closed instance's next sweep after its first outbox query
+	// (if it runs one), and sweep the healthy instance meanwhile.
+	held, release := tracer.HoldNext()
+	defer release()
+	swept := make(chan error, 1)
+	go func() { swept <- closed.Sweep(ctx) }()
+	select {
+	case <-held:
+	case err := <-swept: // it queried nothing, so it holds nothing
+		require.NoError(t, err)
+		swept <- nil
+	case <-ctx.Done():
+		t.Fatal("the closed instance's sweep neither queried nor finished")
+	}
+	require.NoError(t, healthy.repo.Sweep(ctx))
+	require.Zero(t, outboxRows(ctx, t, fullKey), "the healthy sweep got the row: the closed one holds no lock")
+	require.Equal(t, want, mustBalance(ctx, t, healthy.repo, user))
+	release()
+	select {
+	case err := <-swept:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("the closed instance's sweep did not finish")
+	}
+}
+
 // outboxRows counts the outbox rows naming fullKey.
 func outboxRows(ctx context.Context, t *testing.T, fullKey string) int {
 	t.Helper()

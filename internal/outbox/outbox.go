@@ -6,6 +6,10 @@
 // succeeded. Rows older than the domain's TTL + 1 min are dropped without a
 // delete: their cache entry has expired by itself.
 //
+// An instance whose cache cannot reach Redis at all (no-cache mode, a closed
+// cache) still writes its rows, but counts none as delivered and claims
+// none: instances that share the database and have Redis delete their keys.
+//
 // The Outbox also remembers which keys this process's own invalidations are
 // still pending for, so its reads of them can bypass the cache
 // (read-your-writes during a Redis outage).
@@ -28,8 +32,16 @@ import (
 
 // Invalidator deletes already-prefixed cache keys; *cachelayer.Cache is one.
 // DeleteFull must return nil only when every key's delete reached Redis.
+// Enabled reports whether it can reach Redis at all: false for a cache in
+// no-cache mode or closed. While it is false the outbox counts nothing as
+// delivered and claims no rows (which would hold them from instances that
+// can delete their keys); it still calls DeleteFull after a write, which
+// must then make the key's in-process loads unjoinable (as
+// cachelayer.Cache.DeleteFull does), so that a read that begins after the
+// write does not share a load that began before it.
 type Invalidator interface {
 	DeleteFull(ctx context.Context, fullKeys ...string) error
+	Enabled() bool
 }
 
 // Config configures an Outbox. Zero fields take the defaults.
@@ -104,12 +116,22 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 
 // Invalidate runs after the commit that wrote row id for key: it marks key
 // pending, deletes it from the cache and, when that succeeded, clears the
-// mark and queues the row for removal. When the delete fails the row stays for the sweeper and
-// the key stays pending, so this process reads it from Postgres meanwhile.
-// It ignores ctx's cancellation (the change has committed; its invalidation
-// must still happen) and is bounded by the Invalidator's own timeout.
+// mark and queues the row for removal. When the delete fails the row stays
+// for the sweeper and the key stays pending, so this process reads it from
+// Postgres meanwhile. It ignores ctx's cancellation (the change has
+// committed; its invalidation must still happen) and is bounded by the
+// Invalidator's own timeout.
+//
+// While the Invalidator is not Enabled (no-cache mode, closed cache) the
+// row stays for an instance that can delete the key, and nothing is marked
+// pending: such a process reads from Postgres anyway, and a mark would live
+// until another instance swept the row.
 func (o *Outbox) Invalidate(ctx context.Context, key string, id int64) {
 	ctx = context.WithoutCancel(ctx)
+	if !o.inv.Enabled() {
+		_ = o.inv.DeleteFull(ctx, key) // reaches no Redis; forgets the key's in-process loads
+		return
+	}
 	o.markPending(id, key)
 	if err := o.inv.DeleteFull(ctx, key); err != nil {
 		o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
@@ -210,9 +232,14 @@ func (o *Outbox) clearPending(ids ...int64) {
 // Sweep claims this domain's waiting rows oldest first, in batches, with
 // FOR UPDATE SKIP LOCKED (instances sweep side by side), deletes their keys
 // and removes the rows whose keys were deleted; expired rows are dropped. It
-// stops at the first batch whose delete fails and returns that error.
+// stops at the first batch whose delete fails and returns that error. While
+// the Invalidator is not Enabled it claims and removes nothing and returns
+// nil: the rows wait for an instance that can delete their keys.
 func (o *Outbox) Sweep(ctx context.Context) error {
 	defer o.forgetSwept(ctx)
+	if !o.inv.Enabled() {
+		return nil
+	}
 	for {
 		n, err := o.sweepBatch(ctx)
 		if err != nil {

@@ -18,26 +18,32 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-// invalidator records deleted keys and fails while down is set.
+// invalidator records deleted keys and fails while down is set; while
+// disabled is set it is a cache in no-cache mode or closed.
 type invalidator struct {
-	mu      sync.Mutex
-	down    bool
-	deleted []string
-	calls   int
+	mu       sync.Mutex
+	down     bool
+	disabled bool
+	deleted  []string
+	calls    int
 }
 
 func (f *invalidator) DeleteFull(_ context.Context, keys ...string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
-	if f.down {
+	if f.down || f.disabled {
 		return errors.New("redis down")
 	}
 	f.deleted = append(f.deleted, keys...)
 	return nil
 }
 
+func (f *invalidator) Enabled() bool { f.mu.Lock(); defer f.mu.Unlock(); return !f.disabled }
+
 func (f *invalidator) setDown(down bool) { f.mu.Lock(); f.down = down; f.mu.Unlock() }
+
+func (f *invalidator) setDisabled(disabled bool) { f.mu.Lock(); f.disabled = disabled; f.mu.Unlock() }
 
 func (f *invalidator) keys() []string {
 	f.mu.Lock()
@@ -115,6 +121,27 @@ func TestFailedInvalidationStaysPendingUntilSwept(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, st.Depth)
 	require.Equal(t, int64(1), st.Swept)
+}
+
+// TestDisabledInvalidatorLeavesRows: in no-cache mode or with a closed
+// cache nothing reaches Redis, so no row counts as delivered, none is
+// claimed, and nothing is left pending (reads go to Postgres anyway).
+func TestDisabledInvalidatorLeavesRows(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, domain := setup(t)
+	inv.setDisabled(true)
+	id := insert(ctx, t, domain, "mine", 0)
+	insert(ctx, t, domain, "another instance's", 0)
+	o.Invalidate(ctx, "mine", id)
+	require.False(t, o.Pending("mine"), "no mark that only another instance's sweep could clear")
+	require.Equal(t, 1, inv.calls, "DeleteFull still runs: it forgets the key's in-process loads")
+	require.NoError(t, o.Sweep(ctx))
+	require.Equal(t, 1, inv.calls, "a disabled sweep claims no rows and deletes no keys")
+	require.NoError(t, o.Close())
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), st.Depth, "both rows wait for an instance that can delete their keys")
+	require.Zero(t, st.Swept)
 }
 
 func TestPendingClearedWhenAnotherInstanceSwept(t *testing.T) {
