@@ -117,7 +117,8 @@ func (c *Cached) History(ctx context.Context, userID int64, t Type, limit int) (
 // Sweep runs one outbox sweep now (the sweeper also runs every
 // SweepInterval): it deletes the keys of leftover rows and removes the rows.
 // While the cache cannot reach Redis at all (no-cache mode, closed) it
-// deletes and claims nothing, leaving the rows to instances that can.
+// deletes no key and claims no row (it drops only moot rows), leaving the
+// rows to instances that can.
 func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
 
 // OutboxStats returns the outbox depth and oldest row age of credit
