@@ -96,27 +96,31 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 // Save implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Save(ctx context.Context, d Definition) (Definition, error) {
 	out, id, err := c.store.save(ctx, d, c.fullKey)
+	if id != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
+		c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
+	}
 	if err != nil {
 		return Definition{}, err
 	}
-	c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
 	return out, nil
 }
 
 // Delete implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Delete(ctx context.Context, id int64) error {
 	rowID, err := c.store.delete(ctx, id, c.fullKey)
-	if err != nil {
-		return err
+	if rowID != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
+		c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
 	}
-	c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
-	return nil
+	return err
 }
 
 func (c *Cached) fullKey(id int64) string { return c.cache.FullKey(Key(id)) }
 
 // Sweep runs one outbox sweep now (the sweeper also runs every
 // SweepInterval): it deletes the keys of leftover rows and removes the rows.
+// While the cache cannot reach Redis at all (no-cache mode, closed) it
+// deletes no key and claims no row (it drops only moot rows), leaving the
+// rows to instances that can.
 func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
 
 // OutboxStats returns the outbox depth and oldest row age of workflow
