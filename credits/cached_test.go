@@ -60,6 +60,7 @@ func TestCachedReadThroughAndInvalidate(t *testing.T) {
 	_, err := a.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 
+	waitOutboxRowsGone(ctx, t, a.cache.FullKey(credits.Key(user, enrichment)))
 	first, err := a.repo.Balance(ctx, user, enrichment)
 	require.NoError(t, err)
 	require.Equal(t, int64(100), first.Amount)
@@ -264,6 +265,18 @@ func TestCachedLostInvalidation(t *testing.T) {
 			prefix+credits.Key(user, enrichment)).Scan(&n)
 		return n == 0
 	}, 3*time.Second, 20*time.Millisecond, "the outbox row is removed")
+}
+
+// waitOutboxRowsGone waits until no outbox row names fullKey: then no
+// sweeper (of any test: every instance sweeps the whole domain) can delete
+// the key again, which would make a read load once more.
+func waitOutboxRowsGone(ctx context.Context, t *testing.T, fullKey string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var n int
+		err := testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n)
+		return err == nil && n == 0
+	}, 10*time.Second, 10*time.Millisecond, "outbox rows of %s removed", fullKey)
 }
 
 func redisAddr(t *testing.T) string {
