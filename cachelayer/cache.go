@@ -30,6 +30,7 @@ type Cache struct {
 	br     *breaker
 
 	group  singleflight.Group // one flight per full key
+	bypass loadRounds         // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
 	rounds *getRounds         // coalesced hit-path GETs, never older than their callers
 	seq    atomic.Int64       // orders Fetch beginnings against flights' reads, loads and fills
 
@@ -49,6 +50,8 @@ type Cache struct {
 	hookJoined    func(fullKey string)
 	hookLeaseWait func(fullKey string)
 	hookFilled    func(fullKey string) // after a successful fill, before the flight answers
+	// leaseRenewed runs after a lease held by a slow load was extended.
+	hookLeaseRenewed func(fullKey string)
 }
 
 // counters are the exact counts behind [Stats].

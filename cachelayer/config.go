@@ -38,7 +38,24 @@ var (
 	// ErrInvalid is returned for an empty or over-long key, a ttl <= 0 and
 	// other bad arguments; nothing is written.
 	ErrInvalid = errors.New("cachelayer: invalid argument")
+	// ErrLoaderPanic is what the callers of a load get when the loader
+	// panicked (as a [*PanicError]); the process does not crash and
+	// nothing is cached.
+	ErrLoaderPanic = errors.New("cachelayer: loader panicked")
 )
+
+// PanicError is the error Fetch returns to every caller of a load whose
+// loader panicked. It Is [ErrLoaderPanic].
+type PanicError struct {
+	Value any    // what the loader panicked with
+	Stack []byte // the loader's goroutine stack at the panic
+}
+
+// Error implements error. It names the panic value, not the stack.
+func (e *PanicError) Error() string { return fmt.Sprintf("cachelayer: loader panicked: %v", e.Value) }
+
+// Is reports whether target is ErrLoaderPanic.
+func (e *PanicError) Is(target error) bool { return target == ErrLoaderPanic }
 
 // Config tunes a [Cache]. The zero value of every field means its default;
 // a negative duration is a programming error and makes New and Open panic.

@@ -6,44 +6,57 @@
 // # What it promises
 //
 //   - One load per key per process: concurrent Fetch calls of a key share one
-//     flight (golang.org/x/sync/singleflight), also when Redis is down. The
-//     load runs detached from the callers (bounded by Config.LoadTimeout);
-//     each caller waits on its own context, so one cancelled caller fails no
-//     other. Loader errors reach the callers of that flight and are never
-//     cached, except those that are [ErrNotFound] (negative caching).
+//     flight (golang.org/x/sync/singleflight), also when Redis is down and
+//     for reads that skip Redis (FetchOptions.SkipRedis, used while a key's
+//     invalidation is pending). The load runs detached from the callers, each
+//     load bounded by Config.LoadTimeout of its own; each caller waits on its
+//     own context, so one cancelled caller fails no other. Loader errors
+//     reach the callers of that flight and are never cached, except those
+//     that are [ErrNotFound] (negative caching). A loader that panics fails
+//     the calls that shared it with an error that Is [ErrLoaderPanic]
+//     (logged with its stack); it never crashes the process and leaves no
+//     lease behind. Every caller of a shared flight gets a value of its own
+//     (the first the loaded value, the others copies decoded from the codec
+//     bytes), so one request changing a slice or map of its answer changes
+//     no other's.
 //   - One load per key across processes: on a miss a process takes a lease
 //     held in the key itself (a placeholder that can never decode as a value;
 //     works on Redis Cluster without hash tags). Only the holder loads; the
 //     others wait up to Config.LeaseWait for its fill, then load without
 //     filling.
 //   - No stale set, no stale read: the fill is a compare-and-set that succeeds
-//     only while the holder's lease is still in the key. [Cache.Delete]
+//     only while the holder's lease is still in the key. While the load
+//     runs, its holder renews the lease (every LeaseTTL/3), so a load slower
+//     than LeaseTTL but within LoadTimeout keeps it and fills; only an
+//     invalidation makes a fill fail (StaleFillsRejected). [Cache.Delete]
 //     removes leases, so a value loaded before an invalidation is never
 //     written after it; a rejected fill loads again before answering its
 //     callers; and Delete makes later reads in this process start a new
 //     flight. With Redis healthy, no read that begins after an invalidation
 //     completed returns a value loaded before it, in any process: a read
-//     never takes an answer whose source (a Redis read, a fill, a load)
-//     began before the read did — it starts over instead — so joining a
-//     flight of its own process that another process's invalidation made
-//     stale is harmless.
+//     whose own Redis read succeeded never takes an answer whose source (a
+//     Redis read, a fill, a load — fallback loads of its process included)
+//     began before the read did; it starts over instead.
 //   - Hot keys are cheap: concurrent hits of one key in one process share
 //     GETs, but a caller only shares a GET sent after it arrived (callers
 //     that arrive while one is in flight gather for the next), so a hot key
 //     costs at most one GET in flight per process without any stale reply.
-//     In degraded modes — the breaker open, Redis failing, or a lease wait
-//     exhausted — a read is served by a load of its own (shared only within
-//     the process) and may return a value loaded at most one load duration
-//     before it began.
+//     In degraded modes — the breaker open, the read's own GET failing, or
+//     no-cache mode — a read is served by a load shared only within the
+//     process and may return a value loaded at most one load duration before
+//     it began. A read whose flight exhausted its lease wait loads without
+//     Redis (shared, and never older than the read).
 //   - Bounded latency: with a Cache from [Open], a read waits on Redis at
-//     most Config.OpTimeout (a cache from [New] only if its client has
-//     ContextTimeoutEnabled). Redis failures are never read failures: the
+//     most Config.OpTimeout from its own arrival, also when it waits for a
+//     GET shared with other readers of a hot key (a cache from [New] only if
+//     its client has ContextTimeoutEnabled). Redis failures are never read failures: the
 //     read falls back to its loader. After Config.BreakerFailures consecutive
 //     failures a circuit breaker skips Redis; after Config.BreakerCooldown
 //     one probe goes through, and success closes it. Recovery is automatic.
 //     redis.Nil and the caller's own cancellation are not failures.
 //   - Values are stored as one header byte (format version, kind) and the
-//     [Codec]'s bytes (JSON by default). Fetch replaces undecodable entries,
+//     [Codec]'s bytes (JSON by default, without HTML escaping, so a
+//     json.RawMessage round-trips byte for byte). Fetch replaces undecodable entries,
 //     entries of another format version and keys of another type (Corrupt);
 //     values larger than Config.MaxValueBytes are served but not cached.
 //     Each fill's TTL is shortened at random by up to Config.Jitter.
@@ -54,7 +67,9 @@
 //
 // In no-cache mode (Open with "", New with a nil client, or after Close):
 // Fetch calls its loader (still one flight per key); Get and Exists return
-// false, nil; Delete and DeletePrefix return nil and 0, nil; Set, Incr and
+// false, nil; Delete and DeletePrefix return nil and 0, nil (DeleteFull,
+// meant for outboxes, returns an error that Is ErrUnavailable: nothing
+// reached Redis); Set, Incr and
 // TTL return [ErrUnavailable]; Allow returns true and ErrUnavailable (it
 // fails open; the caller decides); Health reports Healthy false with Err
 // "cache disabled". When Redis fails or the breaker is open, the same, except

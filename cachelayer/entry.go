@@ -1,6 +1,7 @@
 package cachelayer
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -15,11 +16,21 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// JSON is the default [Codec]: encoding/json, readable in redis-cli.
+// JSON is the default [Codec]: encoding/json, readable in redis-cli. It
+// does not escape HTML (&, <, >), so a json.RawMessage comes back byte for
+// byte as it went in.
 type JSON struct{}
 
 // Marshal implements [Codec].
-func (JSON) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+func (JSON) Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
+}
 
 // Unmarshal implements [Codec].
 func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 )
 
 // Fetch returns the value cached under key, or loads it with load, caches
@@ -38,6 +41,12 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, ttl time.Duration,
 type FetchOptions struct {
 	TTL         time.Duration // how long a loaded value is cached (before jitter); must be positive
 	NegativeTTL time.Duration // how long a not-found marker is cached; 0 means Config.NegativeTTL
+	// SkipRedis serves the call from its loader without reading or filling
+	// Redis, for a key whose invalidation has not reached Redis yet (Redis
+	// may still hold the old value). Concurrent SkipRedis calls of a key in
+	// this process still share one load, and a call never takes the answer
+	// of a load that began before it did.
+	SkipRedis bool
 }
 
 // FetchWith is [Fetch] with per-call options, such as the not-found TTL of
@@ -58,32 +67,50 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	}
 	full := c.prefix + key
 	begin := c.seq.Add(1) // every answer must come from something started after this
+	skip := opts.SkipRedis
 	for attempt := 0; ; attempt++ {
-		v, err, fresh := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0)
-		if fresh {
+		v, err, next := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip)
+		switch next {
+		case answered:
 			return v, err
+		case retryWithoutRedis:
+			skip = true
 		}
 		if attempt == maxFreshRetries {
 			// Entries keep changing under us: a load of our own is fresh.
 			c.st.loads.Add(1)
-			return load(ctx)
+			return safeLoad(ctx, c, full, load)
 		}
 	}
 }
 
 // maxFreshRetries bounds how often a Fetch starts over because the flight it
-// joined answered from before the Fetch began.
+// joined answered from before the Fetch began. One is enough in practice: a
+// flight started after the rejected one ended began after the caller did.
 const maxFreshRetries = 2
 
-// fetchOnce is one attempt of FetchWith. fresh is false when the flight it
-// joined answered with a value read or loaded before begin (a flight that
-// was already finishing when this caller's GET found the key empty): that
-// value may predate an invalidation another process completed before this
-// read began, so the caller starts over. count says whether this attempt
-// counts in Hits and Misses (the first of a call does).
+// What fetchOnce tells FetchWith to do next.
+const (
+	answered          = iota // return the answer
+	retry                    // the answer predates the call: start over
+	retryWithoutRedis        // likewise, and the flight had to give up on Redis: load without it
+)
+
+// fetchOnce is one attempt of FetchWith. It asks for a retry when the
+// flight it joined answered with a value read or loaded before begin (a
+// flight that was already running when this caller's read found the key
+// empty): that value may predate an invalidation another process completed
+// before this read began, so the caller starts over — unless its own Redis
+// read failed, when any answer of its flight will do (degraded mode). count
+// says whether this attempt counts in Hits and Misses (the first of a call
+// does). skip serves the call without Redis (FetchOptions.SkipRedis, or a
+// retry after a flight that could not use Redis's lease).
 func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negTTL time.Duration,
-	load func(context.Context) (T, error), begin int64, count bool) (_ T, _ error, fresh bool) {
+	load func(context.Context) (T, error), begin int64, count bool, skip bool) (_ T, _ error, next int) {
 	var zero T
+	if skip {
+		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, flightBypass)
+	}
 	hit, miss := func() {
 		if count {
 			c.st.hits.Add(1)
@@ -93,7 +120,7 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 			c.st.misses.Add(1)
 		}
 	}
-	redisFailed := false
+	mode := flightNormal
 	if !c.noCache() {
 		if c.br.allow() {
 			s, err := c.rounds.get(ctx, c, full)
@@ -103,57 +130,90 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 				switch kind, _ := decodeEntry(c.codec, s, &v); kind {
 				case entryValue:
 					hit()
-					return v, nil, true
+					return v, nil, answered
 				case entryNotFound:
 					hit()
-					return zero, &notFoundError{key: key}, true
+					return zero, &notFoundError{key: key}, answered
 				}
 				miss() // a lease or an undecodable entry: the flight sorts it out
 			case err == redis.Nil:
 				miss()
 			case errors.Is(err, ErrUnavailable):
-				redisFailed = true
+				mode = flightFallback
 			case ctx.Err() != nil:
-				return zero, ctx.Err(), true
+				return zero, ctx.Err(), answered
 			default: // an error reply such as WRONGTYPE: the flight heals the key
 				miss()
 			}
 		} else {
-			redisFailed = true // breaker open
+			mode = flightFallback // breaker open
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return zero, err, true
-	}
+	return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, mode)
+}
 
-	leader := false // set by our closure if it is the one that runs
-	ch := c.group.DoChan(full, func() (any, error) {
-		leader = true
-		return runFlight(c, full, key, ttl, negTTL, load, redisFailed), nil
-	})
+// Kinds of flight, and of the caller that starts or joins one.
+const (
+	flightNormal   = iota // the caller read Redis and found nothing usable: lease, load, fill
+	flightFallback        // the caller's Redis read failed (or the breaker is open): load only
+	flightBypass          // SkipRedis: load only, in a group of its own (never answered from Redis)
+)
+
+// joinFlight starts or joins the flight of full (a load round for
+// flightBypass, see loadRounds) and waits for its
+// answer on ctx. mode is what the caller's own read found (see the flight
+// kinds); only a flightFallback caller, or a plain read in no-cache mode,
+// takes an answer whose source began before the caller did (degraded
+// modes, see doc.go); a SkipRedis read never does.
+func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
+	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, mode int) (_ T, _ error, next int) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err, answered
+	}
+	run := func() *flightResult[T] {
+		res := runFlight(c, full, key, ttl, negTTL, load, mode)
+		res.prepare()
+		return res
+	}
+	var ch <-chan singleflight.Result
+	leader := false
+	if mode == flightBypass {
+		ch, leader = c.bypass.join(full, func() any { return run() })
+	} else {
+		ch = c.group.DoChan(full, func() (any, error) {
+			leader = true // set only if our closure is the one that runs
+			return run(), nil
+		})
+	}
 	if c.hookJoined != nil {
 		c.hookJoined(full)
 	}
 	select {
 	case <-ctx.Done():
-		return zero, ctx.Err(), true
+		return zero, ctx.Err(), answered
 	case r := <-ch:
 		res, ok := r.Val.(*flightResult[T])
 		if !ok { // a flight of the same key with another T: not ours to share
 			c.st.loads.Add(1)
-			v, err := load(ctx)
-			return v, err, true
+			v, err := safeLoad(ctx, c, full, load)
+			return v, err, answered
 		}
-		if res.src != 0 && res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound)) {
-			return zero, nil, false
+		older := res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound))
+		degradedCaller := mode == flightFallback || (mode == flightNormal && c.noCache())
+		if older && !degradedCaller {
+			if res.degraded {
+				return zero, nil, retryWithoutRedis
+			}
+			return zero, nil, retry
 		}
 		if !leader && res.loaded {
 			c.st.loadsShared.Add(1)
 		}
-		if redisFailed || res.fallback {
+		if mode == flightFallback || res.fallback {
 			c.st.fallbacks.Add(1)
 		}
-		return res.v, res.err, true
+		return res.value(), res.err, answered
 	}
 }
 
@@ -166,30 +226,87 @@ func (c *Cache) getOnce(ctx context.Context, full string) (string, error) {
 	return s, c.outcome(ctx, err)
 }
 
-// flightResult is what one flight hands to all its callers.
+// flightResult is what one flight hands to all its callers. It is written
+// by the flight's goroutine only, before the flight returns; afterwards its
+// callers read it and take their own copies of v through value.
 type flightResult[T any] struct {
 	v        T
 	err      error
 	loaded   bool // the answer came from a load (not from Redis)
 	fallback bool // the load ran because Redis failed or the breaker was open
+	degraded bool // the load ran without a lease (lease wait exhausted, entries changing): not fillable
 	// src orders the answer's source against callers' beginnings (Cache.seq):
 	// taken when the Redis read that found it, the fill that stored it, or
-	// the load that produced it was started. 0 in degraded modes (fallback,
-	// lease wait exhausted), where any caller takes the answer.
+	// the load that produced it was started. A caller that began after src
+	// takes the answer only if its own Redis read failed.
 	src int64
+
+	codec Codec
+	// enc holds the codec bytes of v (the fill encoded them, Redis returned
+	// them, or prepare did), from which callers after the first decode
+	// copies of their own.
+	enc    string
+	hasEnc bool
+	taken  atomic.Bool // the first caller has taken v itself
+}
+
+// prepare encodes v, unless the flight already has its codec bytes, so that
+// callers after the first can decode copies of their own. It runs in the
+// flight, before any caller can change v.
+func (r *flightResult[T]) prepare() {
+	if r.err != nil || r.hasEnc {
+		return
+	}
+	if b, err := r.codec.Marshal(r.v); err == nil {
+		r.enc, r.hasEnc = string(b), true
+	}
+}
+
+// value returns the answer for one caller. The first caller gets v; every
+// other one a copy decoded from the codec bytes, so that no two callers
+// share memory (a byte slice, a map) that one of them might change. A value
+// the codec cannot encode is shared as it is.
+func (r *flightResult[T]) value() T {
+	if r.err != nil || r.taken.CompareAndSwap(false, true) {
+		return r.v
+	}
+	if !r.hasEnc {
+		return r.v
+	}
+	var v T
+	if err := r.codec.Unmarshal([]byte(r.enc), &v); err != nil {
+		return r.v
+	}
+	return v
 }
 
 // answerFromRedis makes an entry found in Redis the flight's answer,
 // replacing the outcome of any earlier load of the flight (whose fill was
-// rejected).
-func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, key string, src int64) {
-	r.loaded, r.src = false, src
+// rejected). payload is the entry's codec bytes.
+func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, payload, key string, src int64) {
+	r.loaded, r.degraded, r.src = false, false, src
 	if kind == entryNotFound {
 		var zero T
 		r.v, r.err = zero, &notFoundError{key: key}
 		return
 	}
-	r.v, r.err = v, nil
+	r.v, r.err, r.enc, r.hasEnc = v, nil, payload, true
+}
+
+// safeLoad calls load, turning a panic into an error that Is [ErrLoaderPanic]
+// (logged with its stack), so that a panicking loader fails only the calls
+// that shared it: singleflight would re-raise it on a goroutine of its own,
+// where no caller's recovery could catch it.
+func safeLoad[T any](ctx context.Context, c *Cache, full string, load func(context.Context) (T, error)) (v T, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			var zero T
+			pe := &PanicError{Value: p, Stack: debug.Stack()}
+			c.log.Error("cachelayer: loader panicked", "key", full, "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+			v, err = zero, pe
+		}
+	}()
+	return load(ctx)
 }
 
 // Limits of one flight's loop.
@@ -198,30 +315,39 @@ const (
 	maxFlightSteps = 8 // lease attempts (corrupt entries, vanished leases) before loading without Redis
 )
 
-// runFlight is the body of the one flight of full in this process. It runs
-// detached from every caller, bounded by LoadTimeout.
+// runFlight is the body of the one flight of full in this process (of its
+// group). It runs detached from every caller. Each load gets a context of
+// its own, bounded by LoadTimeout, so a reload after a rejected fill has as
+// long as the first load had; Redis calls are bounded by OpTimeout each.
 func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
-	load func(context.Context) (T, error), skipRedis bool) *flightResult[T] {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LoadTimeout)
-	defer cancel()
-	res := &flightResult[T]{}
+	load func(context.Context) (T, error), mode int) *flightResult[T] {
+	ctx := context.Background()
+	res := &flightResult[T]{codec: c.codec}
 	loadOnce := func() {
 		c.st.loads.Add(1)
-		res.loaded = true
+		res.loaded, res.degraded = true, false
 		res.src = c.seq.Add(1)
-		res.v, res.err = load(ctx)
+		lctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
+		res.v, res.err = safeLoad(lctx, c, full, load)
+		cancel()
+		res.enc, res.hasEnc = "", false
 	}
-	degraded := func() { // a load that is not checked against the lease
+	degraded := func() *flightResult[T] { // a load that is not checked against a lease
 		loadOnce()
-		res.src = 0
+		res.degraded = true
+		return res
 	}
 	fallback := func() *flightResult[T] {
 		res.fallback = c.rdb != nil && !c.closed.Load()
-		degraded()
+		loadOnce()
 		return res
 	}
 
-	if c.noCache() || skipRedis || !c.enter() {
+	switch {
+	case mode == flightBypass:
+		loadOnce()
+		return res
+	case mode == flightFallback || c.noCache() || !c.enter():
 		return fallback()
 	}
 	defer c.wg.Done()
@@ -239,6 +365,7 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		}
 		token := newLeaseToken()
 		sent := c.seq.Add(1)
+		leaseSent := time.Now()
 		got, raw, err := c.acquire(ctx, full, token, expect)
 		expect = nil
 		if err != nil {
@@ -249,11 +376,20 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 			c.st.corrupt.Add(1)
 			fallthrough
 		case leaseTaken:
+			keeper := c.keepLease(full, token, leaseSent)
 			loadOnce()
-			if c.fill(ctx, full, token, ttl, negTTL, res.v, res.err, &res.src) || reloads >= maxReloads {
+			validUntil := keeper.stop()
+			filled, voided := c.fill(ctx, full, token, ttl, negTTL, res, validUntil)
+			if filled || reloads >= maxReloads {
 				return res
 			}
-			reloads++ // the value may predate an invalidation: load again
+			if !voided {
+				// The lease lapsed (Redis failed while we renewed it), so
+				// nothing says the value is stale; but nothing says it is
+				// fresh either: load again under a new lease.
+				c.log.Debug("cachelayer: lease lapsed during a load; loading again", "key", full)
+			}
+			reloads++
 			continue
 		}
 
@@ -262,7 +398,8 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		kind, _ := decodeEntry(c.codec, raw, &v)
 		switch kind {
 		case entryValue, entryNotFound:
-			res.answerFromRedis(kind, v, key, sent)
+			_, payload := classify(raw)
+			res.answerFromRedis(kind, v, payload, key, sent)
 			return res
 		case entryCorrupt:
 			c.st.corrupt.Add(1)
@@ -283,12 +420,10 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		case waitTimedOut:
 			// Degraded: the holder did not fill in time; load without
 			// filling (the value may be one load-duration old, see doc.go).
-			degraded()
-			return res
+			return degraded()
 		}
 	}
-	degraded() // too many steps (entries changing under us): load without filling
-	return res
+	return degraded() // too many steps (entries changing under us): load without filling
 }
 
 // Outcomes of waitLease.
@@ -329,7 +464,8 @@ func waitLease[T any](c *Cache, ctx context.Context, full, key string, deadline 
 		var v T
 		switch kind, _ := decodeEntry(c.codec, s, &v); kind {
 		case entryValue, entryNotFound:
-			res.answerFromRedis(kind, v, key, sent)
+			_, payload := classify(s)
+			res.answerFromRedis(kind, v, payload, key, sent)
 			return waitAnswered
 		case entryCorrupt:
 			return waitRecheck
@@ -414,58 +550,77 @@ end
 return 0
 `)
 
-// fill stores the outcome of a load under the lease token. It reports false
-// only when the fill was rejected because the lease was voided (counted in
-// StaleFillsRejected): the caller should reload. Values that cannot or must
-// not be cached release the lease instead; a Redis failure is counted and
-// ignored (the loaded value is still the answer).
+// fill stores the outcome of a load (res) under the lease token. filled
+// is false only when the fill was refused because the lease was no longer
+// in the key; voided then says whether an invalidation removed it (counted
+// in StaleFillsRejected) rather than its expiry: the lease was renewed up to
+// validUntil, so a lease missing before then was voided. The caller should
+// reload either way. Values that cannot or must not be cached release the
+// lease instead; a Redis failure is counted and ignored (the loaded value is
+// still the answer).
 //
-// When the fill succeeds, *src becomes the sequence number taken as it was
-// sent: a caller that began before that is answered by a value no
+// When the fill succeeds, res.src becomes the sequence number taken as it
+// was sent: a caller that began before that is answered by a value no
 // invalidation preceded (one would have voided the lease).
-func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.Duration, v any, loadErr error, src *int64) bool {
+func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.Duration, res fillable, validUntil time.Time) (filled, voided bool) {
 	var entry string
 	var px int64
+	v, loadErr := res.outcome()
 	switch {
 	case loadErr != nil && errors.Is(loadErr, ErrNotFound):
 		entry, px = notFoundEntry, c.jittered(negTTL)
 	case loadErr != nil:
-		c.release(ctx, full, token) // loader errors are never cached
-		return true
+		c.release(ctx, full, token) // loader errors (and panics) are never cached
+		return true, false
 	default:
 		b, err := encodeValue(c.codec, v)
 		if err != nil {
 			c.log.Warn("cachelayer: value not cached: encode failed", "key", full, "err", err)
 			c.release(ctx, full, token)
-			return true
+			return true, false
 		}
 		if len(b) > c.cfg.MaxValueBytes {
 			c.st.oversize.Add(1)
 			c.release(ctx, full, token)
-			return true
+			return true, false
 		}
 		entry, px = string(b), c.jittered(ttl)
+		res.setEncoded(entry[1:])
 	}
 	if !c.br.allow() {
-		return true // the lease expires by itself
+		return true, false // the lease expires by itself
 	}
 	opCtx, cancel := c.opCtx(ctx)
 	sent := c.seq.Add(1)
 	n, err := fillScript.Run(opCtx, c.rdb, []string{full}, token, entry, px).Int64()
 	cancel()
 	if err = c.outcome(ctx, err); err != nil {
-		return true
+		return true, false
 	}
 	if n == 1 {
-		*src = sent
+		res.filledAt(sent)
 		if c.hookFilled != nil {
 			c.hookFilled(full)
 		}
-		return true
+		return true, false
 	}
-	c.st.staleFillsRejected.Add(1)
-	return false
+	if time.Now().Before(validUntil) {
+		c.st.staleFillsRejected.Add(1)
+		return false, true
+	}
+	return false, false
 }
+
+// fillable is the part of a flightResult that fill needs, whatever its T.
+type fillable interface {
+	outcome() (any, error)
+	setEncoded(payload string)
+	filledAt(src int64)
+}
+
+func (r *flightResult[T]) outcome() (any, error)     { return r.v, r.err }
+func (r *flightResult[T]) setEncoded(payload string) { r.enc, r.hasEnc = payload, true }
+func (r *flightResult[T]) filledAt(src int64)        { r.src = src }
 
 // release gives up a lease so others need not wait for it to expire.
 func (c *Cache) release(ctx context.Context, full, token string) {

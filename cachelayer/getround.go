@@ -2,8 +2,10 @@ package cachelayer
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"sync"
+	"time"
 )
 
 // getRounds coalesces the hit path's GETs of one key in one process without
@@ -47,7 +49,8 @@ func (g *getRounds) shard(full string) *roundShard {
 
 // get returns the value of full and the error of its GET (through
 // Cache.outcome: redis.Nil, an error that Is ErrUnavailable, an error reply,
-// or ctx's error). ctx bounds the caller's wait.
+// or ctx's error). ctx bounds the caller's wait, and so does OpTimeout from
+// the caller's arrival, whether it sends its own GET or waits for a round.
 func (g *getRounds) get(ctx context.Context, c *Cache, full string) (string, error) {
 	sh := g.shard(full)
 	sh.mu.Lock()
@@ -77,13 +80,25 @@ func (g *getRounds) get(ctx context.Context, c *Cache, full string) (string, err
 		go g.sendNext(c, sh, full, st, r)
 	}
 	sh.mu.Unlock()
+	// Wait at most OpTimeout from our own arrival, as for a GET of our own:
+	// the round's GET starts only when the one in flight returns, which
+	// with a hung Redis is OpTimeout away already.
+	t := time.NewTimer(c.cfg.OpTimeout)
+	defer t.Stop()
 	select {
 	case <-r.done:
 		return r.val, r.err
 	case <-ctx.Done():
 		return "", ctx.Err()
+	case <-t.C:
+		// Not a Redis call of ours: the round's GET reports to the breaker.
+		return "", errRoundTimeout
 	}
 }
+
+// errRoundTimeout is what a caller gets that waited OpTimeout for its
+// round's GET; the read falls back to its loader.
+var errRoundTimeout = fmt.Errorf("%w: waited OpTimeout for a shared GET", ErrUnavailable)
 
 // finish ends the GET in flight of full: the key leaves the table unless a
 // round is waiting to go next (its sender goroutine takes over).

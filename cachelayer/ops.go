@@ -79,7 +79,7 @@ func (c *Cache) Set(ctx context.Context, key string, v any, ttl time.Duration) e
 	opCtx, cancel := c.opCtx(ctx)
 	err = c.rdb.Set(opCtx, full, b, ttl).Err()
 	cancel()
-	c.group.Forget(full)
+	c.forget([]string{full})
 	if err = c.outcome(ctx, err); err != nil {
 		return fmt.Errorf("cachelayer: set %s: %w", key, err)
 	}
@@ -204,6 +204,19 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) 
 	if c.noCache() {
 		return 0, nil
 	}
+	// Know how to reach every master before taking the breaker's say (and
+	// perhaps its half-open probe, which must then report an outcome).
+	var each func(ctx context.Context, fn func(context.Context, *redis.Client) error) error
+	switch r := c.rdb.(type) {
+	case *redis.ClusterClient:
+		each = r.ForEachMaster
+	case *redis.Ring:
+		each = r.ForEachShard
+	case *redis.Client:
+		each = func(ctx context.Context, fn func(context.Context, *redis.Client) error) error { return fn(ctx, r) }
+	default:
+		return 0, fmt.Errorf("%w: DeletePrefix does not support %T (it needs a *redis.Client, *redis.ClusterClient or *redis.Ring to SCAN every master)", ErrInvalid, c.rdb)
+	}
 	if !c.br.allow() {
 		return 0, fmt.Errorf("cachelayer: delete prefix: %w", errBreakerOpen)
 	}
@@ -238,17 +251,7 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) 
 			}
 		}
 	}
-	var err error
-	switch r := c.rdb.(type) {
-	case *redis.ClusterClient:
-		err = r.ForEachMaster(ctx, scan)
-	case *redis.Ring:
-		err = r.ForEachShard(ctx, scan)
-	case *redis.Client:
-		err = scan(ctx, r)
-	default:
-		return 0, fmt.Errorf("%w: DeletePrefix does not support %T", ErrInvalid, c.rdb)
-	}
+	err := each(ctx, scan)
 	c.forgetPrefix(full)
 	if err = c.outcome(ctx, err); err != nil {
 		if !errors.Is(err, ErrUnavailable) {

@@ -64,16 +64,18 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 }
 
 // Balance implements [Repo]: a read through the cache, or from Postgres while
-// this process's own invalidation of the key is pending.
+// this process's own invalidation of the key is pending (concurrent reads of
+// one key share one load either way).
 func (c *Cached) Balance(ctx context.Context, userID int64, t Type) (Balance, error) {
 	if err := validateOwner(userID, t); err != nil {
 		return Balance{}, err
 	}
 	key := Key(userID, t)
-	if c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key)) {
-		return c.store.Balance(ctx, userID, t)
-	}
-	return cachelayer.Fetch(ctx, c.cache, key, c.ttl, func(ctx context.Context) (Balance, error) {
+	opts := cachelayer.FetchOptions{TTL: c.ttl}
+	// While this process's invalidation of the key is pending, Redis may
+	// hold the old balance: read Postgres, still one shared load per key.
+	opts.SkipRedis = c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key))
+	return cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Balance, error) {
 		return c.store.Balance(ctx, userID, t)
 	})
 }
@@ -92,12 +94,16 @@ func (c *Cached) Deduct(ctx context.Context, ch Change) (Balance, error) {
 func (c *Cached) change(ctx context.Context, ch Change, sign int64) (Balance, error) {
 	full := c.cache.FullKey(Key(ch.UserID, ch.Type))
 	b, id, err := c.store.change(ctx, ch, sign, full)
+	if id != 0 {
+		// Committed, or possibly committed (ErrCommitUnknown): invalidate as
+		// if it was. If it was not, the row does not exist and the pending
+		// mark clears at the next sweep.
+		c.outbox.Invalidate(ctx, full, id)
+	}
 	if err != nil {
 		return Balance{}, err
 	}
-	if id != 0 {
-		c.outbox.Invalidate(ctx, full, id)
-	} else {
+	if id == 0 {
 		// An idempotent replay: the first attempt owns the invalidation,
 		// which may still be on its way; one more delete costs little.
 		_ = c.cache.DeleteFull(context.WithoutCancel(ctx), full)
@@ -112,6 +118,9 @@ func (c *Cached) History(ctx context.Context, userID int64, t Type, limit int) (
 
 // Sweep runs one outbox sweep now (the sweeper also runs every
 // SweepInterval): it deletes the keys of leftover rows and removes the rows.
+// While the cache cannot reach Redis at all (no-cache mode, closed) it
+// deletes no key and claims no row (it drops only moot rows), leaving the
+// rows to instances that can.
 func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
 
 // OutboxStats returns the outbox depth and oldest row age of credit

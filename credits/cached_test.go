@@ -60,6 +60,7 @@ func TestCachedReadThroughAndInvalidate(t *testing.T) {
 	_, err := a.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 
+	waitOutboxRowsGone(ctx, t, a.cache.FullKey(credits.Key(user, enrichment)))
 	first, err := a.repo.Balance(ctx, user, enrichment)
 	require.NoError(t, err)
 	require.Equal(t, int64(100), first.Amount)
@@ -266,6 +267,18 @@ func TestCachedLostInvalidation(t *testing.T) {
 	}, 3*time.Second, 20*time.Millisecond, "the outbox row is removed")
 }
 
+// waitOutboxRowsGone waits until no outbox row names fullKey: then no
+// sweeper (of any test: every instance sweeps the whole domain) can delete
+// the key again, which would make a read load once more.
+func waitOutboxRowsGone(ctx context.Context, t *testing.T, fullKey string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var n int
+		err := testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n)
+		return err == nil && n == 0
+	}, 10*time.Second, 10*time.Millisecond, "outbox rows of %s removed", fullKey)
+}
+
 func redisAddr(t *testing.T) string {
 	t.Helper()
 	opts, err := redis.ParseURL(testenv.RedisURL(t))
@@ -284,4 +297,52 @@ func TestCachedBadInputWritesNothing(t *testing.T) {
 	_, err = a.repo.Deduct(ctx, credits.Change{UserID: 1, Type: enrichment, Amount: 0})
 	require.ErrorIs(t, err, credits.ErrInvalid)
 	require.Zero(t, a.cache.Stats().Invalidations)
+}
+
+// TestCachedPendingReadsShareOneLoad: while the writer's invalidation is
+// pending (its Redis unreachable), concurrent reads of the key in the
+// writer's process share loads like every other read — a few balance
+// queries for 200 reads, not 200 — and each returns the write.
+func TestCachedPendingReadsShareOneLoad(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	prefix := testenv.Prefix(t)
+	proxy := testenv.StartProxy(t, redisAddr(t))
+	writer := newInstance(t, prefix, proxy.Addr, time.Hour)
+	user := testenv.NewID()
+	_, err := writer.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	proxy.Block()
+	want, err := writer.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+	require.NoError(t, err)
+	st, err := writer.repo.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.Pending, "the invalidation is pending")
+
+	const n = 200
+	held, release := writer.tracer.HoldNext()
+	defer release()
+	before := writer.tracer.Count()
+	var started, wg sync.WaitGroup
+	started.Add(n)
+	for range n {
+		wg.Go(func() {
+			started.Done()
+			got, err := writer.repo.Balance(ctx, user, enrichment)
+			if err != nil || got != want {
+				t.Errorf("pending read: %+v %v, want %+v", got, err, want)
+			}
+		})
+	}
+	select {
+	case <-held: // the first read's query is held
+	case <-ctx.Done():
+		t.Fatal("no read reached Postgres")
+	}
+	started.Wait()
+	release()
+	wg.Wait()
+	queries := writer.tracer.Count() - before
+	t.Logf("%d reads of a pending key: %d balance queries", n, queries)
+	require.LessOrEqual(t, queries, int64(10), "reads of a pending key share loads")
 }

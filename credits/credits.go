@@ -58,15 +58,17 @@ type Repo interface {
 	Balance(ctx context.Context, userID int64, t Type) (Balance, error)
 
 	// Add adds c.Amount and returns the new balance. It returns ErrInvalid
-	// for bad input or when the balance would overflow an int64, and
+	// for bad input or when the balance would overflow an int64,
 	// ErrIdempotencyConflict when c.IdempotencyKey was used for a different
-	// change.
+	// change, and ErrCommitUnknown when the change may or may not have been
+	// applied.
 	Add(ctx context.Context, c Change) (Balance, error)
 
 	// Deduct subtracts c.Amount and returns the new balance. It returns
 	// ErrInsufficient (and changes nothing) when the balance is lower than
-	// c.Amount, ErrInvalid for bad input and ErrIdempotencyConflict when
-	// c.IdempotencyKey was used for a different change.
+	// c.Amount, ErrInvalid for bad input, ErrIdempotencyConflict when
+	// c.IdempotencyKey was used for a different change, and
+	// ErrCommitUnknown when the change may or may not have been applied.
 	Deduct(ctx context.Context, c Change) (Balance, error)
 
 	// History returns the user's ledger entries of t, newest first. limit
@@ -93,6 +95,12 @@ var (
 	// ErrIdempotencyConflict means the idempotency key was already used for
 	// a change with another amount or direction.
 	ErrIdempotencyConflict = errors.New("credits: idempotency key reused for a different change")
+	// ErrCommitUnknown means the connection failed while a change was being
+	// committed (its reply was lost), so it may or may not have been
+	// applied; [Cached] invalidates the balance as if it had been. To find
+	// out, repeat the change with the same IdempotencyKey: if it was
+	// applied, the repeat returns its result instead of applying it again.
+	ErrCommitUnknown = errors.New("credits: commit outcome unknown")
 )
 
 // Key returns the cache key of a balance, "credits:{userId}:{type}" (the

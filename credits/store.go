@@ -93,6 +93,10 @@ func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([
 // exactly when the change is; outboxID is that row's id (0 when no row was
 // written: no key asked, or an idempotent replay).
 //
+// When the COMMIT's outcome is unknown (its reply was lost), change returns
+// an error that Is ErrCommitUnknown together with outboxID: the row exists
+// exactly if the change was applied, and the caller invalidates as if it was.
+//
 // Idempotency: a key already in the ledger returns its entry's result. Two
 // racing first attempts serialise on the balance row lock and the ledger's
 // unique index; the loser rolls back and returns the winner's result.
@@ -167,6 +171,9 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
+		if pgretry.CommitUnknown(err) {
+			return Balance{}, outboxID, fmt.Errorf("%w: %s: %w", ErrCommitUnknown, op, err)
+		}
 		return Balance{}, 0, fmt.Errorf("credits: %s: commit: %w", op, err)
 	}
 	return balanceFromRow(row), outboxID, nil

@@ -7,37 +7,30 @@ package db
 
 import (
 	"context"
-	"time"
 )
 
 const cacheOutboxClaim = `-- name: CacheOutboxClaim :many
-SELECT id, cache_key, created_at,
-       (created_at < now() - make_interval(secs => $1::float8))::boolean AS expired
+SELECT id, cache_key
 FROM cache_outbox
-WHERE domain = $2::text
+WHERE domain = $1::text
 ORDER BY created_at, id
-LIMIT $3::int
+LIMIT $2::int
 FOR UPDATE SKIP LOCKED
 `
 
 type CacheOutboxClaimParams struct {
-	MaxAgeSeconds float64
-	Domain        string
-	MaxRows       int32
+	Domain  string
+	MaxRows int32
 }
 
 type CacheOutboxClaimRow struct {
-	ID        int64
-	CacheKey  string
-	CreatedAt time.Time
-	Expired   bool
+	ID       int64
+	CacheKey string
 }
 
 // Oldest first; rows another sweeper holds are skipped, not waited for.
-// expired rows are older than the domain's TTL + 1 min: their cache entry
-// has expired by itself, so they are dropped without a delete.
 func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimParams) ([]CacheOutboxClaimRow, error) {
-	rows, err := q.db.Query(ctx, cacheOutboxClaim, arg.MaxAgeSeconds, arg.Domain, arg.MaxRows)
+	rows, err := q.db.Query(ctx, cacheOutboxClaim, arg.Domain, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -45,12 +38,7 @@ func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimPara
 	var items []CacheOutboxClaimRow
 	for rows.Next() {
 		var i CacheOutboxClaimRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.CacheKey,
-			&i.CreatedAt,
-			&i.Expired,
-		); err != nil {
+		if err := rows.Scan(&i.ID, &i.CacheKey); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -61,13 +49,16 @@ func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimPara
 	return items, nil
 }
 
-const cacheOutboxDelete = `-- name: CacheOutboxDelete :exec
+const cacheOutboxDelete = `-- name: CacheOutboxDelete :execrows
 DELETE FROM cache_outbox WHERE id = ANY($1::bigint[])
 `
 
-func (q *Queries) CacheOutboxDelete(ctx context.Context, ids []int64) error {
-	_, err := q.db.Exec(ctx, cacheOutboxDelete, ids)
-	return err
+func (q *Queries) CacheOutboxDelete(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, cacheOutboxDelete, ids)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const cacheOutboxInsert = `-- name: CacheOutboxInsert :one
@@ -86,6 +77,52 @@ func (q *Queries) CacheOutboxInsert(ctx context.Context, arg CacheOutboxInsertPa
 	var id int64
 	err := row.Scan(&id)
 	return id, err
+}
+
+const cacheOutboxListOld = `-- name: CacheOutboxListOld :many
+SELECT id
+FROM cache_outbox
+WHERE domain = $1::text
+  AND created_at < now() - make_interval(secs => $2::float8)
+  AND id > $3::bigint
+ORDER BY id
+LIMIT $4::int
+`
+
+type CacheOutboxListOldParams struct {
+	Domain        string
+	MaxAgeSeconds float64
+	AfterID       int64
+	MaxRows       int32
+}
+
+// Rows whose created_at is older than max_age_seconds, in id order after
+// after_id, without locking them. created_at is the start of the writing
+// transaction, which may have committed a moment ago: this only narrows
+// down the rows that may be moot.
+func (q *Queries) CacheOutboxListOld(ctx context.Context, arg CacheOutboxListOldParams) ([]int64, error) {
+	rows, err := q.db.Query(ctx, cacheOutboxListOld,
+		arg.Domain,
+		arg.MaxAgeSeconds,
+		arg.AfterID,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const cacheOutboxPresent = `-- name: CacheOutboxPresent :many

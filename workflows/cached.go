@@ -68,16 +68,18 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 
 // Definition implements [Repo]: a read through the cache (a missing id is
 // cached as "not found"), or from Postgres while this process's own
-// invalidation of the key is pending.
+// invalidation of the key is pending (concurrent reads of one id share one
+// load either way).
 func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 	if err := validateID(id); err != nil {
 		return Definition{}, err
 	}
 	key := Key(id)
-	if c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key)) {
-		return c.store.Definition(ctx, id)
-	}
-	d, err := cachelayer.FetchWith(ctx, c.cache, key, c.opts, func(ctx context.Context) (Definition, error) {
+	opts := c.opts
+	// While this process's invalidation of the key is pending, Redis may
+	// hold the old definition: read Postgres, still one shared load per key.
+	opts.SkipRedis = c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key))
+	d, err := cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Definition, error) {
 		d, err := c.store.Definition(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			return d, fmt.Errorf("%w (%w)", err, cachelayer.ErrNotFound)
@@ -94,27 +96,31 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 // Save implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Save(ctx context.Context, d Definition) (Definition, error) {
 	out, id, err := c.store.save(ctx, d, c.fullKey)
+	if id != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
+		c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
+	}
 	if err != nil {
 		return Definition{}, err
 	}
-	c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
 	return out, nil
 }
 
 // Delete implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Delete(ctx context.Context, id int64) error {
 	rowID, err := c.store.delete(ctx, id, c.fullKey)
-	if err != nil {
-		return err
+	if rowID != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
+		c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
 	}
-	c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
-	return nil
+	return err
 }
 
 func (c *Cached) fullKey(id int64) string { return c.cache.FullKey(Key(id)) }
 
 // Sweep runs one outbox sweep now (the sweeper also runs every
 // SweepInterval): it deletes the keys of leftover rows and removes the rows.
+// While the cache cannot reach Redis at all (no-cache mode, closed) it
+// deletes no key and claims no row (it drops only moot rows), leaving the
+// rows to instances that can.
 func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
 
 // OutboxStats returns the outbox depth and oldest row age of workflow

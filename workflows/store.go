@@ -52,7 +52,10 @@ func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
 // Save implements [Repo].
 func (s *Store) Save(ctx context.Context, d Definition) (Definition, error) {
 	out, _, err := s.save(ctx, d, nil)
-	return out, err
+	if err != nil {
+		return Definition{}, err
+	}
+	return out, nil
 }
 
 // Delete implements [Repo].
@@ -65,8 +68,12 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 type outboxKeyFunc func(id int64) string
 
 // save is Save; when outboxKey is not nil, the same transaction records
-// outboxKey(id) in the cache outbox and outboxID is that row's id (also on create: a "not found" marker
-// cached for an id must not hide it once it exists).
+// outboxKey(id) in the cache outbox and outboxID is that row's id (also on
+// create: a "not found" marker cached for an id must not hide it once it
+// exists). When the COMMIT's outcome is unknown, save returns an error that
+// Is ErrCommitUnknown together with outboxID and the definition as it was
+// to be committed (for its ID), so that the caller can invalidate as if it
+// was.
 func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc) (_ Definition, outboxID int64, _ error) {
 	spec, err := normalize(d)
 	if err != nil {
@@ -112,13 +119,17 @@ func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc)
 		return Definition{}, 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
+		if pgretry.CommitUnknown(err) {
+			return out, outboxID, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, out.ID, err)
+		}
 		return Definition{}, 0, fmt.Errorf("workflows: save: commit: %w", err)
 	}
 	return out, outboxID, nil
 }
 
 // delete is Delete, recording outboxKey(id) in the same transaction when
-// outboxKey is not nil.
+// outboxKey is not nil. Like save, it returns outboxID with an error that Is
+// ErrCommitUnknown when the COMMIT's outcome is unknown.
 func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (outboxID int64, _ error) {
 	if err := validateID(id); err != nil {
 		return 0, err
@@ -142,6 +153,9 @@ func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
+		if pgretry.CommitUnknown(err) {
+			return outboxID, fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
+		}
 		return 0, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
 	}
 	return outboxID, nil

@@ -33,11 +33,13 @@ type Repo interface {
 	// result has Version d.Version+1). It returns ErrConflict when the
 	// stored version differs, ErrNotFound when d.ID does not exist, and
 	// ErrInvalid for an empty or long name, a negative ID, or a Spec that is
-	// not a JSON object of at most MaxSpecBytes.
+	// not a JSON object of at most MaxSpecBytes, and ErrCommitUnknown when
+	// the save may or may not have been applied.
 	Save(ctx context.Context, d Definition) (Definition, error)
 
 	// Delete removes definition id. It returns ErrNotFound when there is
-	// none and ErrInvalid for id <= 0.
+	// none, ErrInvalid for id <= 0, and ErrCommitUnknown when the delete may
+	// or may not have been applied.
 	Delete(ctx context.Context, id int64) error
 }
 
@@ -55,6 +57,11 @@ var (
 	ErrConflict = errors.New("workflows: version conflict")
 	// ErrInvalid means bad input; nothing was written.
 	ErrInvalid = errors.New("workflows: invalid input")
+	// ErrCommitUnknown means the connection failed while a Save or Delete
+	// was being committed (its reply was lost), so it may or may not have
+	// been applied; [Cached] invalidates the definition as if it had been.
+	// Read the definition to find out (an applied Save has the new Version).
+	ErrCommitUnknown = errors.New("workflows: commit outcome unknown")
 )
 
 // Key returns the cache key of a definition, "workflow:{id}:definition"

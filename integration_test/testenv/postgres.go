@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -62,6 +64,32 @@ func NewPool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// NewPoolThrough is NewPool with every connection made through a Proxy to
+// this test binary's Postgres server, which it starts and returns: a test
+// can then cut the pool off (Block) or lose one reply (LoseReply, see
+// LostReplyTracer) while other pools keep working.
+func NewPoolThrough(t testing.TB, configure func(*pgxpool.Config)) (*pgxpool.Pool, *Proxy) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(DatabaseURL(t))
+	if err != nil {
+		t.Fatalf("testenv: parse database url: %v", err)
+	}
+	proxy := StartProxy(t, net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port))))
+	host, port, err := net.SplitHostPort(proxy.Addr)
+	if err != nil {
+		t.Fatalf("testenv: proxy address: %v", err)
+	}
+	portNum, _ := strconv.Atoi(port)
+	pool := NewPool(t, func(c *pgxpool.Config) {
+		c.ConnConfig.Host, c.ConnConfig.Port = host, uint16(portNum)
+		c.ConnConfig.Fallbacks = nil // no way around the proxy
+		if configure != nil {
+			configure(c)
+		}
+	})
+	return pool, proxy
 }
 
 // NewDatabase creates another fresh, unmigrated database on the same server,

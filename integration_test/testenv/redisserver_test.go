@@ -95,6 +95,35 @@ func TestProxyBlockOpen(t *testing.T) {
 	p.Close()
 }
 
+func TestProxyLoseReply(t *testing.T) {
+	t.Parallel()
+	s := StartRedis(t) // a server of this test's own
+	p := StartProxy(t, s.Addr)
+	c, err := net.DialTimeout("tcp", p.Addr, time.Second)
+	if err != nil {
+		t.Fatalf("dial proxy: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	p.LoseReply(c.LocalAddr().String())
+	if _, err := c.Write([]byte("SET lost-reply yes\r\n")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if n, err := c.Read(make([]byte, 64)); err == nil {
+		t.Fatalf("read %d reply bytes; want the connection closed", n)
+	}
+	got, err := s.Client().Get(context.Background(), "lost-reply").Result()
+	if err != nil || got != "yes" {
+		t.Fatalf("the request must have run: GET = %q, %v", got, err)
+	}
+	// Other connections are untouched.
+	rdb := redis.NewClient(&redis.Options{Addr: p.Addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("ping through proxy: %v", err)
+	}
+}
+
 func TestBlackHoleHangs(t *testing.T) {
 	t.Parallel()
 	b := StartBlackHole(t)

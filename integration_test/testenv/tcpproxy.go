@@ -15,6 +15,11 @@ import (
 // target, which other clients (another process of the test) keep using — and
 // lets it through again with Open.
 //
+// LoseReply goes further on one connection: what its client sends still
+// reaches the target, but the target's next reply is never delivered (the
+// proxy closes the connection when it arrives), so the request ran and its
+// answer was lost.
+//
 // Its methods are safe for concurrent use. It is closed when the test ends.
 type Proxy struct {
 	// Addr is the proxy's "127.0.0.1:port"; it stays the same across
@@ -27,6 +32,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	ln     net.Listener          // nil while blocked or closed
 	conns  map[net.Conn]struct{} // open client and target connections
+	lose   map[string]bool       // client addresses whose next reply LoseReply dropped
 	closed bool
 	wg     sync.WaitGroup // accept loops and copy goroutines
 }
@@ -38,7 +44,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("testenv: proxy listen: %v", err)
 	}
-	p := &Proxy{Addr: ln.Addr().String(), target: target, t: t, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, t: t, conns: map[net.Conn]struct{}{}, lose: map[string]bool{}}
 	p.serve(ln)
 	t.Cleanup(p.Close)
 	return p
@@ -94,16 +100,55 @@ func (p *Proxy) forward(client net.Conn) {
 	}
 	defer p.untrack(upstream)
 	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
+	go func() { // the client's requests
+		_, _ = io.Copy(upstream, client)
 		done <- struct{}{}
-	}
-	go pipe(upstream, client)
-	go pipe(client, upstream)
+	}()
+	go func() { // the target's replies, unless LoseReply cuts them off
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := upstream.Read(buf)
+			if n > 0 && p.takeLose(client.RemoteAddr().String()) {
+				break // the reply is dropped; the closes below end the connection
+			}
+			if n > 0 {
+				if _, werr := client.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		done <- struct{}{}
+	}()
 	<-done // either side closing ends both (deferred closes unblock the other copy)
 	client.Close()
 	upstream.Close()
 	<-done
+}
+
+// LoseReply makes the proxy lose the target's next reply on the connection
+// whose client end is clientAddr (what the client sees as its LocalAddr):
+// the client's bytes are still forwarded, but when the target's next bytes
+// arrive the proxy closes both sides instead of delivering them. Call it
+// before the client sends the request whose reply is to be lost.
+func (p *Proxy) LoseReply(clientAddr string) {
+	p.mu.Lock()
+	p.lose[clientAddr] = true
+	p.mu.Unlock()
+}
+
+// takeLose reports (once) whether LoseReply asked to lose the next reply to
+// clientAddr.
+func (p *Proxy) takeLose(clientAddr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.lose[clientAddr] {
+		return false
+	}
+	delete(p.lose, clientAddr)
+	return true
 }
 
 // Block makes the target unreachable through the proxy: it drops every open

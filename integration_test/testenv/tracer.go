@@ -65,3 +65,38 @@ func (q *QueryTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.Trac
 		<-chans[1]
 	}
 }
+
+// LostReplyTracer is a pgx.QueryTracer for a pool from [NewPoolThrough]:
+// after Arm, the next statement whose SQL is exactly SQL (pgx sends
+// "commit" for Tx.Commit) reaches Postgres and runs there, but its reply is
+// lost (Proxy.LoseReply on that statement's connection), so the client sees
+// its connection drop with the outcome unknown to it.
+type LostReplyTracer struct {
+	SQL string
+
+	armed atomic.Pointer[Proxy] // the proxy to lose the next reply on; nil when not armed
+	fired atomic.Int64
+}
+
+// Arm makes the next statement matching SQL lose its reply on proxy (the one
+// NewPoolThrough returned with the pool).
+func (l *LostReplyTracer) Arm(proxy *Proxy) { l.armed.Store(proxy) }
+
+// Fired returns how many replies the tracer has made a proxy lose.
+func (l *LostReplyTracer) Fired() int64 { return l.fired.Load() }
+
+// TraceQueryStart implements pgx.QueryTracer; it runs before the statement
+// is sent.
+func (l *LostReplyTracer) TraceQueryStart(ctx context.Context, conn *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if data.SQL != l.SQL {
+		return ctx
+	}
+	if p := l.armed.Swap(nil); p != nil {
+		p.LoseReply(conn.PgConn().Conn().LocalAddr().String())
+		l.fired.Add(1)
+	}
+	return ctx
+}
+
+// TraceQueryEnd implements pgx.QueryTracer.
+func (l *LostReplyTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}

@@ -3,8 +3,19 @@
 // the writer deletes the key and removes the row; a sweeper in every cached
 // repository deletes the keys of rows left behind (Redis was down, the delete
 // timed out, the writer died) and removes a row only after its key's delete
-// succeeded. Rows older than the domain's TTL + 1 min are dropped without a
-// delete: their cache entry has expired by itself.
+// succeeded, however old the row is.
+//
+// Only while its deletes fail does a sweeper drop rows without a delete, and
+// only moot ones: rows it first saw at least MaxAge (the domain's TTL + 1
+// min) ago. A row is visible only once its transaction has committed, so
+// that moment is after the change, and the cache entry the row names has
+// expired by itself since. The row's created_at cannot tell: it is the start
+// of the writing transaction, which may have committed much later.
+//
+// An instance whose cache cannot reach Redis at all (no-cache mode, a closed
+// cache) still writes its rows, but counts none as delivered and claims
+// none (it only drops moot rows): instances that share the database and
+// have Redis delete their keys.
 //
 // The Outbox also remembers which keys this process's own invalidations are
 // still pending for, so its reads of them can bypass the cache
@@ -14,6 +25,7 @@ package outbox
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -28,8 +40,16 @@ import (
 
 // Invalidator deletes already-prefixed cache keys; *cachelayer.Cache is one.
 // DeleteFull must return nil only when every key's delete reached Redis.
+// Enabled reports whether it can reach Redis at all: false for a cache in
+// no-cache mode or closed. While it is false the outbox counts nothing as
+// delivered and claims no rows (which would hold them from instances that
+// can delete their keys); it still calls DeleteFull after a write, which
+// must then make the key's in-process loads unjoinable (as
+// cachelayer.Cache.DeleteFull does), so that a read that begins after the
+// write does not share a load that began before it.
 type Invalidator interface {
 	DeleteFull(ctx context.Context, fullKeys ...string) error
+	Enabled() bool
 }
 
 // Config configures an Outbox. Zero fields take the defaults.
@@ -37,8 +57,10 @@ type Config struct {
 	Domain   string        // cache_outbox.domain this outbox writes and sweeps; required
 	Interval time.Duration // between sweeps, 1 s
 	Batch    int           // rows claimed per transaction, 500
-	MaxAge   time.Duration // rows older than this are dropped without a delete; the domain TTL + 1 min
+	MaxAge   time.Duration // how long a row stays after this process first saw it, while its key cannot be deleted; the domain TTL + 1 min
 	Logger   *slog.Logger  // slog.Default()
+
+	Now func() time.Time // the clock MaxAge is measured on, time.Now; tests set it
 }
 
 // Stats describes an outbox domain: the table's rows (all instances) and
@@ -48,7 +70,7 @@ type Stats struct {
 	OldestAge time.Duration // age of the oldest waiting row, 0 when none
 	Pending   int           // keys whose invalidation this process is still waiting for
 	Swept     int64         // rows this process's sweeper removed after deleting their key
-	Dropped   int64         // rows this process's sweeper dropped as expired
+	Dropped   int64         // moot rows this process's sweeper dropped without a delete (its deletes failed)
 	Failures  int64         // sweeps that could not reach Redis or Postgres
 }
 
@@ -66,6 +88,10 @@ type Outbox struct {
 	npend   atomic.Int64     // len(pending), read without mu on the hot path
 
 	swept, dropped, failures atomic.Int64
+
+	sweepMu   sync.Mutex          // serialises Sweep; guards seen and seenAfter
+	seen      map[int64]time.Time // row id → when a sweep that could not delete keys first saw it (after its commit); at most seenPerBatch × Batch rows
+	seenAfter int64               // the row id after which the next look for old rows starts; 0: from the first
 
 	removeMu   sync.Mutex    // guards removeIDs
 	removeIDs  []int64       // rows whose key was deleted, to remove
@@ -88,11 +114,15 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
 	cfg.Batch = cmp.Or(cfg.Batch, 500)
 	cfg.MaxAge = cmp.Or(cfg.MaxAge, 6*time.Minute)
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	o := &Outbox{
 		pool: pool, inv: inv, cfg: cfg,
 		log:        cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
 		pending:    make(map[int64]string),
 		byKey:      make(map[string]int),
+		seen:       make(map[int64]time.Time),
 		stop:       make(chan struct{}),
 		removeWake: make(chan struct{}, 1),
 	}
@@ -104,12 +134,22 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 
 // Invalidate runs after the commit that wrote row id for key: it marks key
 // pending, deletes it from the cache and, when that succeeded, clears the
-// mark and queues the row for removal. When the delete fails the row stays for the sweeper and
-// the key stays pending, so this process reads it from Postgres meanwhile.
-// It ignores ctx's cancellation (the change has committed; its invalidation
-// must still happen) and is bounded by the Invalidator's own timeout.
+// mark and queues the row for removal. When the delete fails the row stays
+// for the sweeper and the key stays pending, so this process reads it from
+// Postgres meanwhile. It ignores ctx's cancellation (the change has
+// committed; its invalidation must still happen) and is bounded by the
+// Invalidator's own timeout.
+//
+// While the Invalidator is not Enabled (no-cache mode, closed cache) the
+// row stays for an instance that can delete the key, and nothing is marked
+// pending: such a process reads from Postgres anyway, and a mark would live
+// until another instance swept the row.
 func (o *Outbox) Invalidate(ctx context.Context, key string, id int64) {
 	ctx = context.WithoutCancel(ctx)
+	if !o.inv.Enabled() {
+		_ = o.inv.DeleteFull(ctx, key) // reaches no Redis; forgets the key's in-process loads
+		return
+	}
 	o.markPending(id, key)
 	if err := o.inv.DeleteFull(ctx, key); err != nil {
 		o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
@@ -145,7 +185,7 @@ func (o *Outbox) removeQueued() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := db.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
+	if _, err := db.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
 		// The keys are deleted; a sweeper deletes them once more and the rows.
 		o.log.Debug("outbox rows left to the sweeper", "rows", len(ids), "err", err)
 	}
@@ -209,21 +249,38 @@ func (o *Outbox) clearPending(ids ...int64) {
 
 // Sweep claims this domain's waiting rows oldest first, in batches, with
 // FOR UPDATE SKIP LOCKED (instances sweep side by side), deletes their keys
-// and removes the rows whose keys were deleted; expired rows are dropped. It
-// stops at the first batch whose delete fails and returns that error.
+// and removes the rows whose keys were deleted. It stops at the first batch
+// whose delete fails and returns that error; then it drops the moot rows
+// (see dropMoot). While the Invalidator is not Enabled it claims no rows
+// and deletes no keys: it only drops moot rows, and returns nil unless
+// Postgres fails. Concurrent calls in one process run one after the other.
 func (o *Outbox) Sweep(ctx context.Context) error {
+	o.sweepMu.Lock()
+	defer o.sweepMu.Unlock()
 	defer o.forgetSwept(ctx)
+	if !o.inv.Enabled() {
+		return o.dropMoot(ctx)
+	}
 	for {
 		n, err := o.sweepBatch(ctx)
 		if err != nil {
-			return err
+			return errors.Join(err, o.dropMoot(ctx))
 		}
 		if n < o.cfg.Batch {
+			// Every row this process could claim had its key deleted; rows
+			// it could not are other sweepers'. Seeing starts afresh at the
+			// next failure (which only delays a drop).
+			clear(o.seen)
+			o.seenAfter = 0
 			return nil
 		}
 	}
 }
 
+// sweepBatch claims one batch, deletes the keys of all its rows (however
+// old: deleting a key costs next to nothing, and a row's created_at does not
+// tell whether its entry has expired) and removes the rows; when the delete
+// fails it keeps them all.
 func (o *Outbox) sweepBatch(ctx context.Context) (claimed int, err error) {
 	tx, err := o.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
@@ -231,52 +288,91 @@ func (o *Outbox) sweepBatch(ctx context.Context) (claimed int, err error) {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := db.New(tx)
-	rows, err := q.CacheOutboxClaim(ctx, db.CacheOutboxClaimParams{
-		Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch), MaxAgeSeconds: o.cfg.MaxAge.Seconds(),
-	})
+	rows, err := q.CacheOutboxClaim(ctx, db.CacheOutboxClaimParams{Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch)})
 	if err != nil || len(rows) == 0 {
 		if err != nil {
 			err = fmt.Errorf("outbox: sweep: claim: %w", err)
 		}
 		return 0, err
 	}
-	var expired, live []int64
-	var keys []string
+	ids := make([]int64, len(rows))
+	keys := make([]string, 0, len(rows))
 	seen := make(map[string]bool, len(rows))
-	for _, r := range rows {
-		if r.Expired {
-			expired = append(expired, r.ID)
-			continue
-		}
-		live = append(live, r.ID)
+	for i, r := range rows {
+		ids[i] = r.ID
 		if !seen[r.CacheKey] {
 			seen[r.CacheKey] = true
 			keys = append(keys, r.CacheKey)
 		}
 	}
-	var delErr error
-	if len(keys) > 0 {
-		delErr = o.inv.DeleteFull(ctx, keys...)
+	if err := o.inv.DeleteFull(ctx, keys...); err != nil {
+		return 0, fmt.Errorf("outbox: sweep: delete %d keys: %w", len(keys), err)
 	}
-	remove := expired
-	if delErr == nil {
-		remove = append(remove, live...)
-	}
-	if len(remove) > 0 {
-		if err := q.CacheOutboxDelete(ctx, remove); err != nil {
-			return 0, fmt.Errorf("outbox: sweep: delete rows: %w", err)
-		}
+	removed, err := q.CacheOutboxDelete(ctx, ids)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: sweep: delete rows: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("outbox: sweep: commit: %w", err)
 	}
-	o.dropped.Add(int64(len(expired)))
-	if delErr != nil {
-		return len(rows), fmt.Errorf("outbox: sweep: delete %d keys: %w", len(keys), delErr)
-	}
-	o.swept.Add(int64(len(live)))
-	o.clearPending(remove...)
+	o.swept.Add(removed)
+	o.clearPending(ids...)
 	return len(rows), nil
+}
+
+// seenPerBatch bounds the rows dropMoot tracks: seenPerBatch × Batch.
+const seenPerBatch = 100
+
+// dropMoot runs when a sweep cannot delete keys (Redis unreachable, or the
+// Invalidator not Enabled). It removes the rows it saw at least MaxAge ago:
+// a row is visible only after its transaction committed, so the entry it
+// names has expired by itself since. Then it looks at one more page of rows
+// that are older than MaxAge by created_at (a necessary condition, but the
+// start of their transaction, so they may have committed a moment ago) and
+// notes that it saw them now. Pages follow each other by id and start over
+// after the last one, so every row gets seen, also one that committed late
+// behind the pages already read. It takes no row locks but its DELETE's.
+func (o *Outbox) dropMoot(ctx context.Context) error {
+	q := db.New(o.pool)
+	now := o.cfg.Now()
+	var moot []int64
+	for id, at := range o.seen {
+		if now.Sub(at) >= o.cfg.MaxAge {
+			moot = append(moot, id)
+		}
+	}
+	if len(moot) > 0 {
+		n, err := q.CacheOutboxDelete(ctx, moot)
+		if err != nil {
+			return fmt.Errorf("outbox: drop moot rows: %w", err)
+		}
+		for _, id := range moot {
+			delete(o.seen, id)
+		}
+		o.dropped.Add(n)
+		o.clearPending(moot...)
+	}
+	limit := seenPerBatch * o.cfg.Batch
+	if len(o.seen) >= limit {
+		return nil
+	}
+	ids, err := q.CacheOutboxListOld(ctx, db.CacheOutboxListOldParams{
+		Domain: o.cfg.Domain, MaxAgeSeconds: o.cfg.MaxAge.Seconds(), AfterID: o.seenAfter, MaxRows: int32(o.cfg.Batch),
+	})
+	if err != nil {
+		return fmt.Errorf("outbox: look for old rows: %w", err)
+	}
+	at := o.cfg.Now() // after the query's snapshot, so after these rows' commits
+	for _, id := range ids {
+		if _, ok := o.seen[id]; !ok && len(o.seen) < limit {
+			o.seen[id] = at
+		}
+	}
+	o.seenAfter = 0 // after the last page, start over
+	if len(ids) == o.cfg.Batch {
+		o.seenAfter = ids[len(ids)-1]
+	}
+	return nil
 }
 
 // forgetSwept clears pending marks whose rows another instance removed.

@@ -12,32 +12,39 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
 	"github.com/ghl-agency/ghlcache/internal/outbox"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-// invalidator records deleted keys and fails while down is set.
+// invalidator records deleted keys and fails while down is set; while
+// disabled is set it is a cache in no-cache mode or closed.
 type invalidator struct {
-	mu      sync.Mutex
-	down    bool
-	deleted []string
-	calls   int
+	mu       sync.Mutex
+	down     bool
+	disabled bool
+	deleted  []string
+	calls    int
 }
 
 func (f *invalidator) DeleteFull(_ context.Context, keys ...string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
-	if f.down {
+	if f.down || f.disabled {
 		return errors.New("redis down")
 	}
 	f.deleted = append(f.deleted, keys...)
 	return nil
 }
 
+func (f *invalidator) Enabled() bool { f.mu.Lock(); defer f.mu.Unlock(); return !f.disabled }
+
 func (f *invalidator) setDown(down bool) { f.mu.Lock(); f.down = down; f.mu.Unlock() }
+
+func (f *invalidator) setDisabled(disabled bool) { f.mu.Lock(); f.disabled = disabled; f.mu.Unlock() }
 
 func (f *invalidator) keys() []string {
 	f.mu.Lock()
@@ -45,16 +52,42 @@ func (f *invalidator) keys() []string {
 	return slices.Clone(f.deleted)
 }
 
+// clock is the outbox's clock in tests: it moves only when told.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+const maxAge = 2 * time.Minute // of every test outbox
+
 func setup(t *testing.T) (context.Context, *outbox.Outbox, *invalidator, string) {
+	t.Helper()
+	ctx, o, inv, domain, _ := setupWith(t, 500)
+	return ctx, o, inv, domain
+}
+
+// setupWith is setup with a batch size, returning the outbox's clock too.
+func setupWith(t *testing.T, batch int) (context.Context, *outbox.Outbox, *invalidator, string, *clock) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	inv := &invalidator{}
+	clk := &clock{now: time.Now()}
 	domain := fmt.Sprintf("test-%d", testenv.NewID())
 	// The sweeper's own ticks are out of the way: tests call Sweep.
-	o := outbox.New(testenv.Pool(t), inv, outbox.Config{Domain: domain, Interval: time.Hour, Batch: 500, MaxAge: 2 * time.Minute})
+	o := outbox.New(testenv.Pool(t), inv, outbox.Config{Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, Now: clk.Now})
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
-	return ctx, o, inv, domain
+	return ctx, o, inv, domain, clk
+}
+
+func depth(ctx context.Context, t *testing.T, o *outbox.Outbox) int64 {
+	t.Helper()
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	return st.Depth
 }
 
 func insert(ctx context.Context, t *testing.T, domain, key string, age time.Duration) int64 {
@@ -117,6 +150,27 @@ func TestFailedInvalidationStaysPendingUntilSwept(t *testing.T) {
 	require.Equal(t, int64(1), st.Swept)
 }
 
+// TestDisabledInvalidatorLeavesRows: in no-cache mode or with a closed
+// cache nothing reaches Redis, so no row counts as delivered, none is
+// claimed, and nothing is left pending (reads go to Postgres anyway).
+func TestDisabledInvalidatorLeavesRows(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, domain := setup(t)
+	inv.setDisabled(true)
+	id := insert(ctx, t, domain, "mine", 0)
+	insert(ctx, t, domain, "another instance's", 0)
+	o.Invalidate(ctx, "mine", id)
+	require.False(t, o.Pending("mine"), "no mark that only another instance's sweep could clear")
+	require.Equal(t, 1, inv.calls, "DeleteFull still runs: it forgets the key's in-process loads")
+	require.NoError(t, o.Sweep(ctx))
+	require.Equal(t, 1, inv.calls, "a disabled sweep claims no rows and deletes no keys")
+	require.NoError(t, o.Close())
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), st.Depth, "both rows wait for an instance that can delete their keys")
+	require.Zero(t, st.Swept)
+}
+
 func TestPendingClearedWhenAnotherInstanceSwept(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, domain := setup(t)
@@ -133,22 +187,162 @@ func TestPendingClearedWhenAnotherInstanceSwept(t *testing.T) {
 	require.False(t, o.Pending("k"))
 }
 
-func TestSweepDropsExpiredRowsWithoutDelete(t *testing.T) {
+// TestPendingClearedWhenRowNeverCommitted: after an ambiguous COMMIT the
+// writer invalidates a row id that may not exist; if the change did not
+// commit, the pending mark clears at the next sweep even while Redis is down.
+func TestPendingClearedWhenRowNeverCommitted(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, _ := setup(t)
+	inv.setDown(true)
+	o.Invalidate(ctx, "never-committed", 1<<62) // no such row
+	require.True(t, o.Pending("never-committed"))
+	_ = o.Sweep(ctx)
+	require.False(t, o.Pending("never-committed"))
+}
+
+// TestSweepDeletesKeysOfOldRows: with Redis reachable a sweep deletes the
+// key of every row, however old its created_at: the row's transaction may
+// have committed long after it began, so the entry may still be stale.
+func TestSweepDeletesKeysOfOldRows(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, domain := setup(t)
-	inv.setDown(true)
-	insert(ctx, t, domain, "old", 3*time.Minute) // older than MaxAge (2 min)
+	insert(ctx, t, domain, "old", time.Hour) // older than MaxAge by created_at
 	insert(ctx, t, domain, "young", 0)
+	require.NoError(t, o.Sweep(ctx))
+	require.ElementsMatch(t, []string{"old", "young"}, inv.keys())
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.Depth)
+	require.Equal(t, int64(2), st.Swept)
+	require.Zero(t, st.Dropped, "nothing is dropped without a delete while deletes succeed")
+}
+
+// TestSweepDropsRowsOnlyMaxAgeAfterSeeingThem: while deletes fail, a row
+// that is old by created_at is dropped only once this process has seen it
+// (after its commit) at least MaxAge before; a young row is never dropped.
+func TestSweepDropsRowsOnlyMaxAgeAfterSeeingThem(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, domain, clk := setupWith(t, 500)
+	inv.setDown(true)
+	insert(ctx, t, domain, "old", 3*time.Minute)
+	insert(ctx, t, domain, "young", 0)
+	require.Error(t, o.Sweep(ctx))
+	require.Equal(t, int64(2), depth(ctx, t, o), "first seen now: it may have committed just now")
+
+	clk.Advance(maxAge - time.Nanosecond)
+	require.Error(t, o.Sweep(ctx))
+	require.Equal(t, int64(2), depth(ctx, t, o))
+
+	clk.Advance(time.Nanosecond)
 	require.Error(t, o.Sweep(ctx))
 	st, err := o.Stats(ctx)
 	require.NoError(t, err)
-	require.Equal(t, int64(1), st.Depth, "the expired row is dropped even while Redis is down")
+	require.Equal(t, int64(1), st.Depth, "seen MaxAge ago: its entry has expired, the row is moot")
 	require.Equal(t, int64(1), st.Dropped)
-	require.Less(t, st.OldestAge, time.Minute)
 
 	inv.setDown(false)
 	require.NoError(t, o.Sweep(ctx))
-	require.Equal(t, []string{"young"}, inv.keys(), "expired keys are never deleted")
+	require.Equal(t, []string{"young"}, inv.keys())
+	require.Zero(t, depth(ctx, t, o))
+}
+
+// TestDisabledInvalidatorDropsOnlyMootRows: a no-cache (or closed)
+// instance never deletes a key, but it drops rows it saw MaxAge ago, so a
+// deployment without Redis does not grow the table without bound.
+func TestDisabledInvalidatorDropsOnlyMootRows(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, domain, clk := setupWith(t, 500)
+	inv.setDisabled(true)
+	insert(ctx, t, domain, "old", 3*time.Minute)
+	insert(ctx, t, domain, "young", 0)
+	require.NoError(t, o.Sweep(ctx))
+	require.Equal(t, int64(2), depth(ctx, t, o))
+	clk.Advance(maxAge)
+	require.NoError(t, o.Sweep(ctx))
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), st.Depth, "only the moot row goes")
+	require.Equal(t, int64(1), st.Dropped)
+	require.Zero(t, inv.calls, "no key deleted, none tried")
+}
+
+// TestDropMootSeesEveryRowAndLateCommits: the rows a failing sweeper looks
+// at come in pages of Batch; every row is seen, including one whose long
+// transaction began before the others (a smaller id, an old created_at)
+// and committed after the pages went past it; it is dropped MaxAge after
+// it was first seen, not after it began.
+func TestDropMootSeesEveryRowAndLateCommits(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, domain, clk := setupWith(t, 10)
+	inv.setDown(true)
+	long, err := testenv.Pool(t).Begin(ctx)
+	require.NoError(t, err)
+	defer long.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	_, err = long.Exec(ctx, `INSERT INTO cache_outbox (domain, cache_key, created_at) VALUES ($1, 'late', now() - interval '1 hour')`, domain)
+	require.NoError(t, err)
+	for i := range 25 {
+		insert(ctx, t, domain, fmt.Sprintf("k%d", i), 3*time.Minute)
+	}
+	for range 3 { // pages of 10, 10, 5
+		require.Error(t, o.Sweep(ctx))
+	}
+	require.NoError(t, long.Commit(ctx))
+	clk.Advance(maxAge)
+	require.Error(t, o.Sweep(ctx))
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(25), st.Dropped, "all 25 seen MaxAge ago, over three pages")
+	require.Equal(t, int64(1), st.Depth, "the late commit was seen only now")
+
+	clk.Advance(maxAge - time.Nanosecond)
+	require.Error(t, o.Sweep(ctx))
+	require.Equal(t, int64(1), depth(ctx, t, o))
+	clk.Advance(time.Nanosecond)
+	require.Error(t, o.Sweep(ctx))
+	require.Zero(t, depth(ctx, t, o))
+}
+
+// TestLongTransactionKeyIsDeleted: a write transaction outlives MaxAge
+// before it commits, so its row is "older than MaxAge" by created_at the
+// moment it becomes visible, while the entry it names is stale. The sweep
+// deletes that key (real Redis) instead of dropping the row.
+func TestLongTransactionKeyIsDeleted(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const tinyMaxAge = 50 * time.Millisecond
+	cache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: testenv.Prefix(t)})
+	t.Cleanup(func() { _ = cache.Close() })
+	domain := fmt.Sprintf("test-%d", testenv.NewID())
+	o := outbox.New(testenv.Pool(t), cache, outbox.Config{Domain: domain, Interval: time.Hour, MaxAge: tinyMaxAge})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+	require.NoError(t, cache.Set(ctx, "entry", "stale", time.Minute))
+
+	tx, err := testenv.Pool(t).Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	_, err = tx.Exec(ctx, `INSERT INTO cache_outbox (domain, cache_key) VALUES ($1, $2)`, domain, cache.FullKey("entry"))
+	require.NoError(t, err)
+	for { // hold the transaction open until its row counts as older than MaxAge
+		var old bool
+		require.NoError(t, tx.QueryRow(ctx, `SELECT clock_timestamp() - now() > make_interval(secs => $1)`, 2*tinyMaxAge.Seconds()).Scan(&old))
+		if old {
+			break
+		}
+		require.NoError(t, ctx.Err())
+		time.Sleep(10 * time.Millisecond) // polling with a deadline (ctx)
+	}
+	require.NoError(t, tx.Commit(ctx))
+
+	require.NoError(t, o.Sweep(ctx))
+	exists, err := cache.Exists(ctx, "entry")
+	require.NoError(t, err)
+	require.False(t, exists, "the stale entry was deleted, not left to expire")
+	st, err := o.Stats(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.Depth)
+	require.Equal(t, int64(1), st.Swept)
+	require.Zero(t, st.Dropped)
 }
 
 func TestSweepDrainsManyBatches(t *testing.T) {

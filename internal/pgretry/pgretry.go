@@ -1,13 +1,16 @@
-// Package pgretry holds the one retry rule the stores share: a read is
-// retried once when Postgres certainly did not run it (nothing was sent) or
-// terminated the connection (57P01 admin_shutdown, as after a restart).
-// Writes are never retried here; the idempotency key is the caller's tool.
+// Package pgretry holds the rules the stores share about what a failed
+// statement did: a read is retried once when Postgres certainly did not run
+// it (nothing was sent) or terminated the connection (57P01 admin_shutdown,
+// as after a restart); a failed COMMIT is told apart from one whose outcome
+// is unknown (CommitUnknown). Writes are never retried here; the idempotency
+// key is the caller's tool.
 package pgretry
 
 import (
 	"context"
 	"errors"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -35,6 +38,40 @@ func Retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// CommitUnknown reports whether err, returned by a transaction's Commit,
+// leaves the outcome unknown: the COMMIT may have been applied although its
+// reply never arrived (the connection dropped, the context ended while
+// waiting, a FATAL error terminated the session, possibly after a local
+// commit that was waiting for synchronous replication). It is false only
+// when the transaction certainly did not commit: nothing was sent
+// (pgconn.SafeToRetry), the server rejected the commit with an ERROR
+// (serialization failure, deferred constraint), the transaction had already
+// failed (pgx.ErrTxCommitRollback) or was closed (pgx.ErrTxClosed).
+//
+// pgconn.SafeToRetry alone is not enough: when the connection dies while
+// pgconn waits for a reply, the error it returns is "conn closed"
+// (pgconn.ErrConnClosed), which it also calls safe to retry although the
+// COMMIT was sent. A store calls Commit only on a live connection (every
+// earlier statement succeeded), so ErrConnClosed there means the reply was
+// lost.
+func CommitUnknown(err error) bool {
+	switch {
+	case err == nil, errors.Is(err, pgx.ErrTxCommitRollback), errors.Is(err, pgx.ErrTxClosed):
+		return false
+	case pgconn.SafeToRetry(err) && !errors.Is(err, pgconn.ErrConnClosed):
+		return false // never sent: the context had ended, or the connection was busy
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		sev := pgErr.SeverityUnlocalized
+		if sev == "" {
+			sev = pgErr.Severity
+		}
+		return sev == "FATAL" || sev == "PANIC" // the session ended: an ERROR is a definite rollback
+	}
+	return true
 }
 
 // Code returns the SQLSTATE of err, or "" when it is not a Postgres error.

@@ -1,0 +1,170 @@
+package credits_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
+	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+)
+
+// TestCachedCommitReplyLost: the COMMIT of a deduct reaches Postgres and
+// commits, but its reply is lost. The deduct returns ErrCommitUnknown, the
+// writer invalidated the key anyway (its next read is the committed
+// balance, not its cached one), and a retry with the same idempotency key
+// returns the first result without applying it again.
+func TestCachedCommitReplyLost(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	lose := &testenv.LostReplyTracer{SQL: "commit"}
+	pool, proxy := testenv.NewPoolThrough(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = lose })
+	cache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: testenv.Prefix(t), OpTimeout: 2 * time.Second})
+	t.Cleanup(func() { _ = cache.Close() })
+	writer := credits.NewCached(credits.NewStore(pool), cache, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(func() { _ = writer.Close() })
+
+	user := testenv.NewID()
+	_, err := writer.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	old := mustBalance(ctx, t, writer, user)
+	require.Equal(t, int64(100), old.Amount)
+	exists, err := cache.Exists(ctx, credits.Key(user, enrichment))
+	require.NoError(t, err)
+	require.True(t, exists, "the old balance is cached")
+
+	change := credits.Change{UserID: user, Type: enrichment, Amount: 25, IdempotencyKey: "lost-reply"}
+	lose.Arm(proxy)
+	_, err = writer.Deduct(ctx, change)
+	require.ErrorIs(t, err, credits.ErrCommitUnknown)
+	require.ErrorContains(t, err, "commit outcome unknown")
+	require.Equal(t, int64(1), lose.Fired(), "the COMMIT's reply was the one lost")
+
+	committed, err := credits.NewStore(testenv.Pool(t)).Balance(ctx, user, enrichment)
+	require.NoError(t, err)
+	require.Equal(t, int64(75), committed.Amount, "Postgres did commit")
+	exists, err = cache.Exists(ctx, credits.Key(user, enrichment))
+	require.NoError(t, err)
+	require.False(t, exists, "the ambiguous commit was invalidated as if it committed")
+	require.Equal(t, committed, mustBalance(ctx, t, writer, user), "the writer reads the committed balance, not its cached one")
+
+	retried, err := writer.Deduct(ctx, change)
+	require.NoError(t, err, "a retry with the same idempotency key replays")
+	require.Equal(t, committed, retried, "the first result, applied once")
+	require.Equal(t, committed, mustBalance(ctx, t, writer, user))
+	st, err := writer.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.Pending)
+	require.Eventually(t, func() bool { return outboxRows(ctx, t, cache.FullKey(credits.Key(user, enrichment))) == 0 },
+		10*time.Second, 10*time.Millisecond, "the invalidation's outbox row is removed")
+}
+
+// TestCachedNoCacheWriterLeavesRowForCachedInstances: an instance in
+// no-cache mode shares the database (and so the outbox) with a cached
+// instance. Its deduct cannot reach Redis, so it must not count the
+// invalidation as delivered: the row stays (through its own sweep and
+// Close) until the cached instance's sweep deletes the key, and then the
+// cached instance reads the new balance. Nothing is left pending in the
+// no-cache instance, whose reads go to Postgres anyway. Not parallel: any
+// other test's sweeper would remove the row.
+func TestCachedNoCacheWriterLeavesRowForCachedInstances(t *testing.T) {
+	ctx := testContext(t)
+	prefix := testenv.Prefix(t)
+	cached := newInstance(t, prefix, "", time.Hour) // sweeps only when told
+	noCache := cachelayer.New(nil, &cachelayer.Config{Prefix: prefix})
+	writer := credits.NewCached(credits.NewStore(testenv.NewPool(t, nil)), noCache, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(func() { _ = writer.Close() })
+
+	user := testenv.NewID()
+	fullKey := cached.cache.FullKey(credits.Key(user, enrichment))
+	_, err := cached.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	old := mustBalance(ctx, t, cached.repo, user) // cached in Redis now
+
+	want, err := writer.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+	require.NoError(t, err, "writes succeed in no-cache mode")
+	require.Equal(t, want, mustBalance(ctx, t, writer, user), "no-cache reads go to Postgres")
+	st, err := writer.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.Pending, "nothing pending in no-cache mode")
+	require.NoError(t, writer.Sweep(ctx), "a no-cache sweep has nothing to do")
+	require.NoError(t, writer.Close()) // flushes its queue of rows to remove, if it had one
+	require.Equal(t, 1, outboxRows(ctx, t, fullKey), "the row waits for an instance that can delete the key")
+	require.Equal(t, old, mustBalance(ctx, t, cached.repo, user), "the cached instance still has the old entry")
+
+	require.NoError(t, cached.repo.Sweep(ctx))
+	require.Zero(t, outboxRows(ctx, t, fullKey))
+	require.Equal(t, want, mustBalance(ctx, t, cached.repo, user), "after its sweep the cached instance reads the new balance")
+}
+
+// TestCachedClosedCacheTakesNoRows: an instance whose Cache was closed
+// while its Cached still runs must neither remove another instance's
+// leftover row nor hold it (a claim's row lock would make healthy sweepers
+// skip it): a healthy instance sweeps the row while the closed instance's
+// sweep is held mid-query. Not parallel, for the same reason.
+func TestCachedClosedCacheTakesNoRows(t *testing.T) {
+	ctx := testContext(t)
+	prefix := testenv.Prefix(t)
+	healthy := newInstance(t, prefix, "", time.Hour)
+	proxy := testenv.StartProxy(t, redisAddr(t))
+	cutOff := newInstance(t, prefix, proxy.Addr, time.Hour) // leaves a row behind
+
+	tracer := &testenv.QueryTracer{Match: "cache_outbox"}
+	closedCache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: prefix})
+	require.NoError(t, closedCache.Close())
+	closed := credits.NewCached(credits.NewStore(testenv.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })),
+		closedCache, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(func() { _ = closed.Close() })
+
+	user := testenv.NewID()
+	fullKey := healthy.cache.FullKey(credits.Key(user, enrichment))
+	_, err := healthy.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	old := mustBalance(ctx, t, healthy.repo, user) // cached
+	proxy.Block()
+	want, err := cutOff.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+	require.NoError(t, err)
+	require.NoError(t, cutOff.repo.Close())
+	require.Equal(t, 1, outboxRows(ctx, t, fullKey), "the cut-off writer left its row")
+
+	require.NoError(t, closed.Sweep(ctx))
+	require.Equal(t, 1, outboxRows(ctx, t, fullKey), "a closed cache's sweep removes nothing")
+	require.Equal(t, old, mustBalance(ctx, t, healthy.repo, user))
+
+	// Hold the closed instance's next sweep after its first outbox query
+	// (if it runs one), and sweep the healthy instance meanwhile.
+	held, release := tracer.HoldNext()
+	defer release()
+	swept := make(chan error, 1)
+	go func() { swept <- closed.Sweep(ctx) }()
+	select {
+	case <-held:
+	case err := <-swept: // it queried nothing, so it holds nothing
+		require.NoError(t, err)
+		swept <- nil
+	case <-ctx.Done():
+		t.Fatal("the closed instance's sweep neither queried nor finished")
+	}
+	require.NoError(t, healthy.repo.Sweep(ctx))
+	require.Zero(t, outboxRows(ctx, t, fullKey), "the healthy sweep got the row: the closed one holds no lock")
+	require.Equal(t, want, mustBalance(ctx, t, healthy.repo, user))
+	release()
+	select {
+	case err := <-swept:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("the closed instance's sweep did not finish")
+	}
+}
+
+// outboxRows counts the outbox rows naming fullKey.
+func outboxRows(ctx context.Context, t *testing.T, fullKey string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n))
+	return n
+}
