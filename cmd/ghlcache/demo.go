@@ -40,8 +40,9 @@ back to Postgres, breaker openings, invalidations that did not reach Redis)
 are rows of the report.
 
 Keys live under --prefix (deleted at the start). With --no-cache (or a
-REDIS_URL set but empty, the library's no-cache mode) the cached phase runs the cached repositories in no-cache mode (every read goes to
-Postgres, still one load per key at a time).`,
+REDIS_URL set but empty, the library's no-cache mode) the cached phase runs
+the cached repositories in no-cache mode (every read goes to Postgres, still
+one load per key at a time).`,
 	flags: func(fs *flag.FlagSet) runFunc {
 		var o demoOptions
 		fs.StringVar(&o.dbName, "db-name", defaultDemoDatabase, demoDatabaseHelp)
