@@ -69,7 +69,7 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	begin := c.seq.Add(1) // every answer must come from something started after this
 	skip := opts.SkipRedis
 	for attempt := 0; ; attempt++ {
-		v, err, next := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip)
+		v, next, err := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip)
 		switch next {
 		case answered:
 			return v, err
@@ -106,7 +106,7 @@ const (
 // does). skip serves the call without Redis (FetchOptions.SkipRedis, or a
 // retry after a flight that could not use Redis's lease).
 func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negTTL time.Duration,
-	load func(context.Context) (T, error), begin int64, count bool, skip bool) (_ T, _ error, next int) {
+	load func(context.Context) (T, error), begin int64, count bool, skip bool) (_ T, next int, _ error) {
 	var zero T
 	if skip {
 		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, flightBypass)
@@ -130,10 +130,10 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 				switch kind, _ := decodeEntry(c.codec, s, &v); kind {
 				case entryValue:
 					hit()
-					return v, nil, answered
+					return v, answered, nil
 				case entryNotFound:
 					hit()
-					return zero, &notFoundError{key: key}, answered
+					return zero, answered, &notFoundError{key: key}
 				}
 				miss() // a lease or an undecodable entry: the flight sorts it out
 			case err == redis.Nil:
@@ -141,7 +141,7 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 			case errors.Is(err, ErrUnavailable):
 				mode = flightFallback
 			case ctx.Err() != nil:
-				return zero, ctx.Err(), answered
+				return zero, answered, ctx.Err()
 			default: // an error reply such as WRONGTYPE: the flight heals the key
 				miss()
 			}
@@ -166,10 +166,10 @@ const (
 // takes an answer whose source began before the caller did (degraded
 // modes, see doc.go); a SkipRedis read never does.
 func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
-	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, mode int) (_ T, _ error, next int) {
+	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, mode int) (_ T, next int, _ error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
-		return zero, err, answered
+		return zero, answered, err
 	}
 	run := func() *flightResult[T] {
 		res := runFlight(c, full, key, ttl, negTTL, load, mode)
@@ -191,21 +191,21 @@ func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
 	}
 	select {
 	case <-ctx.Done():
-		return zero, ctx.Err(), answered
+		return zero, answered, ctx.Err()
 	case r := <-ch:
 		res, ok := r.Val.(*flightResult[T])
 		if !ok { // a flight of the same key with another T: not ours to share
 			c.st.loads.Add(1)
 			v, err := safeLoad(ctx, c, full, load)
-			return v, err, answered
+			return v, answered, err
 		}
 		older := res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound))
 		degradedCaller := mode == flightFallback || (mode == flightNormal && c.noCache())
 		if older && !degradedCaller {
 			if res.degraded {
-				return zero, nil, retryWithoutRedis
+				return zero, retryWithoutRedis, nil
 			}
-			return zero, nil, retry
+			return zero, retry, nil
 		}
 		if !leader && res.loaded {
 			c.st.loadsShared.Add(1)
@@ -213,7 +213,7 @@ func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
 		if mode == flightFallback || res.fallback {
 			c.st.fallbacks.Add(1)
 		}
-		return res.value(), res.err, answered
+		return res.value(), answered, res.err
 	}
 }
 
