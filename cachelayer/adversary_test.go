@@ -85,14 +85,7 @@ func TestFallbackFlightNotTakenByAFreshReader(t *testing.T) {
 	joined := make(chan struct{}, 4)
 	a.hookJoined = func(string) { joined <- struct{}{} }
 
-	first := make(chan row, 1)
-	go func() {
-		v, err := Fetch(ctx, a, "k", time.Minute, load)
-		if err != nil {
-			t.Error(err)
-		}
-		first <- v
-	}()
+	first := fetchAsync(ctx, t, a, "k", load)
 	<-joined
 	<-loading // the fallback flight has read the old value
 
@@ -102,14 +95,7 @@ func TestFallbackFlightNotTakenByAFreshReader(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	second := make(chan row, 1)
-	go func() {
-		v, err := Fetch(ctx, a, "k", time.Minute, load)
-		if err != nil {
-			t.Error(err)
-		}
-		second <- v
-	}()
+	second := fetchAsync(ctx, t, a, "k", load)
 	<-joined // the second reader's GET found nothing and it joined the flight
 	held.do()
 
@@ -196,14 +182,7 @@ func TestReloadHasItsOwnLoadTimeout(t *testing.T) {
 		}
 		return sampleRow(int64(len(deadlines))), nil
 	}
-	done := make(chan row, 1)
-	go func() {
-		v, err := Fetch(ctx, c, "k", time.Minute, load)
-		if err != nil {
-			t.Error(err)
-		}
-		done <- v
-	}()
+	done := fetchAsync(ctx, t, c, "k", load)
 	<-loading
 	if err := c.Delete(ctx, "k"); err != nil { // voids the lease: the fill is refused
 		t.Fatal(err)

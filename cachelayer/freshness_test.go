@@ -45,14 +45,7 @@ func TestGetRoundsNeverShareAnOlderReply(t *testing.T) {
 	}
 	load := func(context.Context) (row, error) { t.Error("unexpected load"); return row{}, nil }
 
-	first := make(chan row, 1)
-	go func() {
-		v, err := Fetch(ctx, c, "k", time.Minute, load)
-		if err != nil {
-			t.Error(err)
-		}
-		first <- v
-	}()
+	first := fetchAsync(ctx, t, c, "k", load)
 	<-h.entered // the first GET has read row 1 and is held
 
 	// A write lands after that GET was sent...
@@ -161,14 +154,7 @@ func TestJoinedFlightMustBeFresh(t *testing.T) {
 	current.Store(1)
 	load := func(context.Context) (row, error) { return sampleRow(current.Load()), nil }
 
-	leader := make(chan row, 1)
-	go func() {
-		v, err := Fetch(ctx, b, "k", time.Minute, load)
-		if err != nil {
-			t.Error(err)
-		}
-		leader <- v
-	}()
+	leader := fetchAsync(ctx, t, b, "k", load)
 	<-joined
 	<-filled // B's flight stored row 1 and has not answered yet
 
@@ -176,14 +162,7 @@ func TestJoinedFlightMustBeFresh(t *testing.T) {
 	if err := a.Delete(ctx, "k"); err != nil { // ...and another process invalidates
 		t.Fatal(err)
 	}
-	late := make(chan row, 1)
-	go func() {
-		v, err := Fetch(ctx, b, "k", time.Minute, load)
-		if err != nil {
-			t.Error(err)
-		}
-		late <- v
-	}()
+	late := fetchAsync(ctx, t, b, "k", load)
 	<-joined // the late reader found the key empty and joined the old flight
 	close(release)
 

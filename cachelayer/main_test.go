@@ -135,3 +135,17 @@ func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(
 func redisClient(opts *redis.Options) *redis.Client { return redis.NewClient(opts) }
 
 func containsStr(s, sub string) bool { return strings.Contains(s, sub) }
+
+// fetchAsync runs Fetch of key with ttl one minute on a goroutine of its own
+// and delivers its value (an error fails t).
+func fetchAsync(ctx context.Context, t testing.TB, c *Cache, key string, load func(context.Context) (row, error)) <-chan row {
+	ch := make(chan row, 1)
+	go func() {
+		v, err := Fetch(ctx, c, key, time.Minute, load)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- v
+	}()
+	return ch
+}
