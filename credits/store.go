@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/dbq"
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
@@ -37,8 +37,8 @@ func (s *Store) Balance(ctx context.Context, userID int64, t Type) (Balance, err
 	if err := validateOwner(userID, t); err != nil {
 		return Balance{}, err
 	}
-	row, err := pgretry.Read(ctx, func(ctx context.Context) (db.CreditBalance, error) {
-		return db.New(s.pool).CreditBalanceGet(ctx, db.CreditBalanceGetParams{UserID: userID, CreditType: string(t)})
+	row, err := pgretry.Read(ctx, func(ctx context.Context) (dbq.CreditBalance, error) {
+		return dbq.New(s.pool).CreditBalanceGet(ctx, dbq.CreditBalanceGetParams{UserID: userID, CreditType: string(t)})
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Balance{UserID: userID, Type: t}, nil
@@ -72,8 +72,8 @@ func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([
 	case limit > MaxHistoryLimit:
 		limit = MaxHistoryLimit
 	}
-	rows, err := pgretry.Read(ctx, func(ctx context.Context) ([]db.CreditLedger, error) {
-		return db.New(s.pool).CreditLedgerList(ctx, db.CreditLedgerListParams{
+	rows, err := pgretry.Read(ctx, func(ctx context.Context) ([]dbq.CreditLedger, error) {
+		return dbq.New(s.pool).CreditLedgerList(ctx, dbq.CreditLedgerListParams{
 			UserID: userID, CreditType: string(t), MaxRows: int32(limit),
 		})
 	})
@@ -120,16 +120,16 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 		return Balance{}, 0, fmt.Errorf("credits: %s: begin: %w", op, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
+	q := dbq.New(tx)
 
-	var row db.CreditBalance
+	var row dbq.CreditBalance
 	if sign > 0 {
-		row, err = q.CreditBalanceAdd(ctx, db.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
+		row, err = q.CreditBalanceAdd(ctx, dbq.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
 		if pgretry.Code(err) == "22003" { // numeric_value_out_of_range
 			return Balance{}, 0, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
 		}
 	} else {
-		row, err = q.CreditBalanceDeduct(ctx, db.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
+		row, err = q.CreditBalanceDeduct(ctx, dbq.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
 		if errors.Is(err, pgx.ErrNoRows) {
 			_ = tx.Rollback(ctx)
 			if c.IdempotencyKey != "" {
@@ -150,7 +150,7 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 	if c.IdempotencyKey != "" {
 		key = &c.IdempotencyKey
 	}
-	_, err = q.CreditLedgerInsert(ctx, db.CreditLedgerInsertParams{
+	_, err = q.CreditLedgerInsert(ctx, dbq.CreditLedgerInsertParams{
 		UserID: c.UserID, CreditType: string(c.Type), Delta: sign * c.Amount,
 		BalanceAfter: row.Balance, VersionAfter: row.Version, Reason: c.Reason, IdempotencyKey: key,
 	})
@@ -166,7 +166,7 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 		return Balance{}, 0, fmt.Errorf("credits: %s: ledger: %w", op, err)
 	}
 	if outboxKey != "" {
-		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey}); err != nil {
+		if outboxID, err = q.CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey}); err != nil {
 			return Balance{}, 0, fmt.Errorf("credits: %s: outbox: %w", op, err)
 		}
 	}
@@ -183,8 +183,8 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 // key was used; then the result is the first application's balance, or
 // ErrIdempotencyConflict when that change had another amount or direction.
 func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, found bool, err error) {
-	e, err := pgretry.Read(ctx, func(ctx context.Context) (db.CreditLedger, error) {
-		return db.New(s.pool).CreditLedgerGetByIdempotencyKey(ctx, db.CreditLedgerGetByIdempotencyKeyParams{
+	e, err := pgretry.Read(ctx, func(ctx context.Context) (dbq.CreditLedger, error) {
+		return dbq.New(s.pool).CreditLedgerGetByIdempotencyKey(ctx, dbq.CreditLedgerGetByIdempotencyKeyParams{
 			UserID: c.UserID, CreditType: string(c.Type), IdempotencyKey: c.IdempotencyKey,
 		})
 	})
@@ -204,14 +204,14 @@ func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, fo
 	}, true, nil
 }
 
-func balanceFromRow(r db.CreditBalance) Balance {
+func balanceFromRow(r dbq.CreditBalance) Balance {
 	return Balance{
 		UserID: r.UserID, Type: Type(r.CreditType), Amount: r.Balance,
 		Version: r.Version, UpdatedAt: r.UpdatedAt.UTC(),
 	}
 }
 
-func entryFromRow(r db.CreditLedger) Entry {
+func entryFromRow(r dbq.CreditLedger) Entry {
 	e := Entry{
 		ID: r.ID, UserID: r.UserID, Type: Type(r.CreditType), Delta: r.Delta,
 		BalanceAfter: r.BalanceAfter, VersionAfter: r.VersionAfter, Reason: r.Reason,

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/dbq"
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
@@ -37,8 +37,8 @@ func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
 	if err := validateID(id); err != nil {
 		return Definition{}, err
 	}
-	row, err := pgretry.Read(ctx, func(ctx context.Context) (db.WorkflowDefinition, error) {
-		return db.New(s.pool).WorkflowDefinitionGet(ctx, id)
+	row, err := pgretry.Read(ctx, func(ctx context.Context) (dbq.WorkflowDefinition, error) {
+		return dbq.New(s.pool).WorkflowDefinitionGet(ctx, id)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
@@ -84,13 +84,13 @@ func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc)
 		return Definition{}, 0, fmt.Errorf("workflows: save: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
+	q := dbq.New(tx)
 
-	var row db.WorkflowDefinition
+	var row dbq.WorkflowDefinition
 	if d.ID == 0 {
-		row, err = q.WorkflowDefinitionInsert(ctx, db.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
+		row, err = q.WorkflowDefinitionInsert(ctx, dbq.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
 	} else {
-		row, err = q.WorkflowDefinitionUpdate(ctx, db.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
+		row, err = q.WorkflowDefinitionUpdate(ctx, dbq.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
 		if errors.Is(err, pgx.ErrNoRows) {
 			exists, xerr := q.WorkflowDefinitionExists(ctx, d.ID)
 			switch {
@@ -110,7 +110,7 @@ func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc)
 		return Definition{}, 0, fmt.Errorf("workflows: save: %w", err)
 	}
 	if outboxKey != nil {
-		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
+		if outboxID, err = q.CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
 			return Definition{}, 0, fmt.Errorf("workflows: save: outbox: %w", err)
 		}
 	}
@@ -139,7 +139,7 @@ func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (
 		return 0, fmt.Errorf("workflows: delete: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
+	q := dbq.New(tx)
 	n, err := q.WorkflowDefinitionDelete(ctx, id)
 	if err != nil {
 		return 0, fmt.Errorf("workflows: delete %d: %w", id, err)
@@ -148,7 +148,7 @@ func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (
 		return 0, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
 	if outboxKey != nil {
-		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
+		if outboxID, err = q.CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
 			return 0, fmt.Errorf("workflows: delete: outbox: %w", err)
 		}
 	}
@@ -163,7 +163,7 @@ func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (
 
 // definitionFromRow maps a row to a Definition, normalised so that a cached
 // copy decodes to an equal value: UTC time, compact Spec.
-func definitionFromRow(r db.WorkflowDefinition) (Definition, error) {
+func definitionFromRow(r dbq.WorkflowDefinition) (Definition, error) {
 	spec, err := compact(r.Spec)
 	if err != nil {
 		return Definition{}, fmt.Errorf("workflows: definition %d: stored spec: %w", r.ID, err)

@@ -35,7 +35,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/dbq"
 )
 
 // Invalidator deletes already-prefixed cache keys; *cachelayer.Cache is one.
@@ -185,7 +185,7 @@ func (o *Outbox) removeQueued() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := db.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
+	if _, err := dbq.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
 		// The keys are deleted; a sweeper deletes them once more and the rows.
 		o.log.Debug("outbox rows left to the sweeper", "rows", len(ids), "err", err)
 	}
@@ -287,8 +287,8 @@ func (o *Outbox) sweepBatch(ctx context.Context) (claimed int, err error) {
 		return 0, fmt.Errorf("outbox: sweep: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
-	rows, err := q.CacheOutboxClaim(ctx, db.CacheOutboxClaimParams{Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch)})
+	q := dbq.New(tx)
+	rows, err := q.CacheOutboxClaim(ctx, dbq.CacheOutboxClaimParams{Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch)})
 	if err != nil || len(rows) == 0 {
 		if err != nil {
 			err = fmt.Errorf("outbox: sweep: claim: %w", err)
@@ -333,7 +333,7 @@ const seenPerBatch = 100
 // after the last one, so every row gets seen, also one that committed late
 // behind the pages already read. It takes no row locks but its DELETE's.
 func (o *Outbox) dropMoot(ctx context.Context) error {
-	q := db.New(o.pool)
+	q := dbq.New(o.pool)
 	now := o.cfg.Now()
 	var moot []int64
 	for id, at := range o.seen {
@@ -356,7 +356,7 @@ func (o *Outbox) dropMoot(ctx context.Context) error {
 	if len(o.seen) >= limit {
 		return nil
 	}
-	ids, err := q.CacheOutboxListOld(ctx, db.CacheOutboxListOldParams{
+	ids, err := q.CacheOutboxListOld(ctx, dbq.CacheOutboxListOldParams{
 		Domain: o.cfg.Domain, MaxAgeSeconds: o.cfg.MaxAge.Seconds(), AfterID: o.seenAfter, MaxRows: int32(o.cfg.Batch),
 	})
 	if err != nil {
@@ -386,7 +386,7 @@ func (o *Outbox) forgetSwept(ctx context.Context) {
 	if len(ids) == 0 {
 		return
 	}
-	present, err := db.New(o.pool).CacheOutboxPresent(ctx, ids)
+	present, err := dbq.New(o.pool).CacheOutboxPresent(ctx, ids)
 	if err != nil {
 		return
 	}
@@ -406,7 +406,7 @@ func (o *Outbox) forgetSwept(ctx context.Context) {
 // Stats returns the domain's depth and oldest row age from the table and
 // this process's counters.
 func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
-	row, err := db.New(o.pool).CacheOutboxStats(ctx, o.cfg.Domain)
+	row, err := dbq.New(o.pool).CacheOutboxStats(ctx, o.cfg.Domain)
 	if err != nil {
 		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
 	}
