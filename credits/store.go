@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ghl-agency/ghlcache/internal/dbq"
+	"github.com/ghl-agency/ghlcache/internal/outbox"
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
@@ -51,13 +52,13 @@ func (s *Store) Balance(ctx context.Context, userID int64, t Type) (Balance, err
 
 // Add implements [Repo].
 func (s *Store) Add(ctx context.Context, c Change) (Balance, error) {
-	b, _, err := s.change(ctx, c, +1, "")
+	b, _, err := s.change(ctx, c, +1, nil)
 	return b, err
 }
 
 // Deduct implements [Repo].
 func (s *Store) Deduct(ctx context.Context, c Change) (Balance, error) {
-	b, _, err := s.change(ctx, c, -1, "")
+	b, _, err := s.change(ctx, c, -1, nil)
 	return b, err
 }
 
@@ -88,21 +89,22 @@ func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([
 }
 
 // change applies c with the sign of delta (+1 add, -1 deduct) in one
-// transaction. When outboxKey is not empty, the same transaction records it
-// in the cache outbox (domain OutboxDomain), so the invalidation is durable
-// exactly when the change is; outboxID is that row's id (0 when no row was
-// written: no key asked, or an idempotent replay).
+// transaction. When ob is not nil, the same transaction records the
+// balance's key in ob (domain OutboxDomain), so the invalidation is durable
+// exactly when the change is; inv is that row (zero when no row was
+// written: no outbox, or an idempotent replay).
 //
 // When the COMMIT's outcome is unknown (its reply was lost), change returns
-// an error that Is ErrCommitUnknown together with outboxID: the row exists
+// an error that Is ErrCommitUnknown together with inv: the row exists
 // exactly if the change was applied, and the caller invalidates as if it was.
 //
 // Idempotency: a key already in the ledger returns its entry's result. Two
 // racing first attempts serialise on the balance row lock and the ledger's
 // unique index; the loser rolls back and returns the winner's result.
-func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey string) (_ Balance, outboxID int64, _ error) {
+func (s *Store) change(ctx context.Context, c Change, sign int64, ob *outbox.Outbox) (_ Balance, inv outbox.Invalidation, _ error) {
+	none := outbox.Invalidation{}
 	if err := c.Validate(); err != nil {
-		return Balance{}, 0, err
+		return Balance{}, none, err
 	}
 	op := "add"
 	if sign < 0 {
@@ -111,13 +113,13 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 	if c.IdempotencyKey != "" {
 		b, found, err := s.replay(ctx, c, sign)
 		if err != nil || found {
-			return b, 0, err
+			return b, none, err
 		}
 	}
 
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return Balance{}, 0, fmt.Errorf("credits: %s: begin: %w", op, err)
+		return Balance{}, none, fmt.Errorf("credits: %s: begin: %w", op, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := dbq.New(tx)
@@ -126,7 +128,7 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 	if sign > 0 {
 		row, err = q.CreditBalanceAdd(ctx, dbq.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
 		if pgretry.Code(err) == "22003" { // numeric_value_out_of_range
-			return Balance{}, 0, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
+			return Balance{}, none, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
 		}
 	} else {
 		row, err = q.CreditBalanceDeduct(ctx, dbq.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
@@ -136,14 +138,14 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 				// A racing first attempt with this key may have taken
 				// the credits; our UPDATE waited for its commit.
 				if b, found, err := s.replay(ctx, c, sign); err != nil || found {
-					return b, 0, err
+					return b, none, err
 				}
 			}
-			return Balance{}, 0, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
+			return Balance{}, none, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
 		}
 	}
 	if err != nil {
-		return Balance{}, 0, fmt.Errorf("credits: %s: %w", op, err)
+		return Balance{}, none, fmt.Errorf("credits: %s: %w", op, err)
 	}
 
 	var key *string
@@ -160,23 +162,21 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, outboxKey stri
 		if err == nil && !found {
 			err = fmt.Errorf("credits: %s: idempotency key %q vanished", op, c.IdempotencyKey)
 		}
-		return b, 0, err
+		return b, none, err
 	}
 	if err != nil {
-		return Balance{}, 0, fmt.Errorf("credits: %s: ledger: %w", op, err)
+		return Balance{}, none, fmt.Errorf("credits: %s: ledger: %w", op, err)
 	}
-	if outboxKey != "" {
-		if outboxID, err = q.CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey}); err != nil {
-			return Balance{}, 0, fmt.Errorf("credits: %s: outbox: %w", op, err)
-		}
+	if inv, err = ob.Record(ctx, tx, Key(c.UserID, c.Type)); err != nil {
+		return Balance{}, none, fmt.Errorf("credits: %s: %w", op, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		if pgretry.CommitUnknown(err) {
-			return Balance{}, outboxID, fmt.Errorf("%w: %s: %w", ErrCommitUnknown, op, err)
+			return Balance{}, inv, fmt.Errorf("%w: %s: %w", ErrCommitUnknown, op, err)
 		}
-		return Balance{}, 0, fmt.Errorf("credits: %s: commit: %w", op, err)
+		return Balance{}, none, fmt.Errorf("credits: %s: commit: %w", op, err)
 	}
-	return balanceFromRow(row), outboxID, nil
+	return balanceFromRow(row), inv, nil
 }
 
 // replay looks c.IdempotencyKey up in the ledger. found reports whether the

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ghl-agency/ghlcache/internal/dbq"
+	"github.com/ghl-agency/ghlcache/internal/outbox"
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
@@ -64,24 +65,21 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 	return err
 }
 
-// outboxKeyFunc names the full cache key of a definition id, for the outbox.
-type outboxKeyFunc func(id int64) string
-
-// save is Save; when outboxKey is not nil, the same transaction records
-// outboxKey(id) in the cache outbox and outboxID is that row's id (also on
-// create: a "not found" marker cached for an id must not hide it once it
-// exists). When the COMMIT's outcome is unknown, save returns an error that
-// Is ErrCommitUnknown together with outboxID and the definition as it was
-// to be committed (for its ID), so that the caller can invalidate as if it
-// was.
-func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc) (_ Definition, outboxID int64, _ error) {
+// save is Save; when ob is not nil, the same transaction records the
+// definition's key in ob and inv is that row (also on create: a "not
+// found" marker cached for an id must not hide it once it exists). When the
+// COMMIT's outcome is unknown, save returns an error that Is
+// ErrCommitUnknown together with inv, so that the caller can invalidate as
+// if it committed.
+func (s *Store) save(ctx context.Context, d Definition, ob *outbox.Outbox) (_ Definition, inv outbox.Invalidation, _ error) {
+	none := outbox.Invalidation{}
 	spec, err := normalize(d)
 	if err != nil {
-		return Definition{}, 0, err
+		return Definition{}, none, err
 	}
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return Definition{}, 0, fmt.Errorf("workflows: save: begin: %w", err)
+		return Definition{}, none, fmt.Errorf("workflows: save: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := dbq.New(tx)
@@ -97,68 +95,64 @@ func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc)
 			case xerr != nil:
 				err = xerr
 			case exists:
-				return Definition{}, 0, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
+				return Definition{}, none, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
 			default:
-				return Definition{}, 0, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
+				return Definition{}, none, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
 			}
 		}
 	}
 	if code := pgretry.Code(err); code == "22P05" || code == "22P02" { // untranslatable character (\u0000), invalid text
-		return Definition{}, 0, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
+		return Definition{}, none, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
 	}
 	if err != nil {
-		return Definition{}, 0, fmt.Errorf("workflows: save: %w", err)
+		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
-	if outboxKey != nil {
-		if outboxID, err = q.CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
-			return Definition{}, 0, fmt.Errorf("workflows: save: outbox: %w", err)
-		}
+	if inv, err = ob.Record(ctx, tx, Key(row.ID)); err != nil {
+		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
 	out, err := definitionFromRow(row)
 	if err != nil {
-		return Definition{}, 0, err
+		return Definition{}, none, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		if pgretry.CommitUnknown(err) {
-			return out, outboxID, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, out.ID, err)
+			return Definition{}, inv, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, out.ID, err)
 		}
-		return Definition{}, 0, fmt.Errorf("workflows: save: commit: %w", err)
+		return Definition{}, none, fmt.Errorf("workflows: save: commit: %w", err)
 	}
-	return out, outboxID, nil
+	return out, inv, nil
 }
 
-// delete is Delete, recording outboxKey(id) in the same transaction when
-// outboxKey is not nil. Like save, it returns outboxID with an error that Is
-// ErrCommitUnknown when the COMMIT's outcome is unknown.
-func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (outboxID int64, _ error) {
+// delete is Delete, recording the definition's key in ob in the same
+// transaction when ob is not nil. Like save, it returns inv with an error
+// that Is ErrCommitUnknown when the COMMIT's outcome is unknown.
+func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv outbox.Invalidation, _ error) {
+	none := outbox.Invalidation{}
 	if err := validateID(id); err != nil {
-		return 0, err
+		return none, err
 	}
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return 0, fmt.Errorf("workflows: delete: begin: %w", err)
+		return none, fmt.Errorf("workflows: delete: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := dbq.New(tx)
-	n, err := q.WorkflowDefinitionDelete(ctx, id)
+	n, err := dbq.New(tx).WorkflowDefinitionDelete(ctx, id)
 	if err != nil {
-		return 0, fmt.Errorf("workflows: delete %d: %w", id, err)
+		return none, fmt.Errorf("workflows: delete %d: %w", id, err)
 	}
 	if n == 0 {
-		return 0, fmt.Errorf("%w: id %d", ErrNotFound, id)
+		return none, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
-	if outboxKey != nil {
-		if outboxID, err = q.CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
-			return 0, fmt.Errorf("workflows: delete: outbox: %w", err)
-		}
+	if inv, err = ob.Record(ctx, tx, Key(id)); err != nil {
+		return none, fmt.Errorf("workflows: delete: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		if pgretry.CommitUnknown(err) {
-			return outboxID, fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
+			return inv, fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
 		}
-		return 0, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
+		return none, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
 	}
-	return outboxID, nil
+	return inv, nil
 }
 
 // definitionFromRow maps a row to a Definition, normalised so that a cached
