@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -29,9 +30,6 @@ var _ Repo = (*Store)(nil)
 // NewStore returns a Store on pool. The schema must be migrated (db.Migrate).
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// Pool returns the pool the store uses.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
 // Balance implements [Repo]. It retries once when Postgres terminated the
 // connection or the query was never sent.
 func (s *Store) Balance(ctx context.Context, userID int64, t Type) (Balance, error) {
@@ -41,10 +39,10 @@ func (s *Store) Balance(ctx context.Context, userID int64, t Type) (Balance, err
 	row, err := pgretry.Read(ctx, func(ctx context.Context) (dbq.CreditBalance, error) {
 		return dbq.New(s.pool).CreditBalanceGet(ctx, dbq.CreditBalanceGetParams{UserID: userID, CreditType: string(t)})
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Balance{UserID: userID, Type: t}, nil
-	}
-	if err != nil {
+	switch err := interpretError(err); {
+	case errors.Is(err, errNoRow):
+		return Balance{UserID: userID, Type: t}, nil // no change yet
+	case err != nil:
 		return Balance{}, fmt.Errorf("credits: balance of user %d %s: %w", userID, t, err)
 	}
 	return balanceFromRow(row), nil
@@ -78,7 +76,7 @@ func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([
 			UserID: userID, CreditType: string(t), MaxRows: int32(limit),
 		})
 	})
-	if err != nil {
+	if err := interpretError(err); err != nil {
 		return nil, fmt.Errorf("credits: history of user %d %s: %w", userID, t, err)
 	}
 	entries := make([]Entry, len(rows))
@@ -127,24 +125,23 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, ob *outbox.Out
 	var row dbq.CreditBalance
 	if sign > 0 {
 		row, err = q.CreditBalanceAdd(ctx, dbq.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
-		if pgretry.Code(err) == "22003" { // numeric_value_out_of_range
-			return Balance{}, none, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
-		}
 	} else {
 		row, err = q.CreditBalanceDeduct(ctx, dbq.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
-		if errors.Is(err, pgx.ErrNoRows) {
-			_ = tx.Rollback(ctx)
-			if c.IdempotencyKey != "" {
-				// A racing first attempt with this key may have taken
-				// the credits; our UPDATE waited for its commit.
-				if b, found, err := s.replay(ctx, c, sign); err != nil || found {
-					return b, none, err
-				}
-			}
-			return Balance{}, none, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
-		}
 	}
-	if err != nil {
+	switch err = interpretError(err); {
+	case sign > 0 && errors.Is(err, ErrInvalid): // out of range
+		return Balance{}, none, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
+	case errors.Is(err, errNoRow): // only a deduct's UPDATE is conditional: too little
+		_ = tx.Rollback(ctx)
+		if c.IdempotencyKey != "" {
+			// A racing first attempt with this key may have taken the
+			// credits; our UPDATE waited for its commit.
+			if b, found, err := s.replay(ctx, c, sign); err != nil || found {
+				return b, none, err
+			}
+		}
+		return Balance{}, none, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
+	case err != nil:
 		return Balance{}, none, fmt.Errorf("credits: %s: %w", op, err)
 	}
 
@@ -156,15 +153,15 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, ob *outbox.Out
 		UserID: c.UserID, CreditType: string(c.Type), Delta: sign * c.Amount,
 		BalanceAfter: row.Balance, VersionAfter: row.Version, Reason: c.Reason, IdempotencyKey: key,
 	})
-	if errors.Is(err, pgx.ErrNoRows) { // the idempotency key won a race elsewhere
+	switch err = interpretError(err); {
+	case errors.Is(err, errNoRow): // the idempotency key won a race elsewhere
 		_ = tx.Rollback(ctx)
 		b, found, err := s.replay(ctx, c, sign)
 		if err == nil && !found {
 			err = fmt.Errorf("credits: %s: idempotency key %q vanished", op, c.IdempotencyKey)
 		}
 		return b, none, err
-	}
-	if err != nil {
+	case err != nil:
 		return Balance{}, none, fmt.Errorf("credits: %s: ledger: %w", op, err)
 	}
 	if inv, err = ob.Record(ctx, tx, Key(c.UserID, c.Type)); err != nil {
@@ -188,10 +185,10 @@ func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, fo
 			UserID: c.UserID, CreditType: string(c.Type), IdempotencyKey: c.IdempotencyKey,
 		})
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Balance{}, false, nil
-	}
-	if err != nil {
+	switch err := interpretError(err); {
+	case errors.Is(err, errNoRow):
+		return Balance{}, false, nil // the key was never used
+	case err != nil:
 		return Balance{}, false, fmt.Errorf("credits: idempotency key lookup: %w", err)
 	}
 	if e.Delta != sign*c.Amount {
@@ -202,6 +199,28 @@ func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, fo
 		UserID: e.UserID, Type: Type(e.CreditType), Amount: e.BalanceAfter,
 		Version: e.VersionAfter, UpdatedAt: e.CreatedAt.UTC(),
 	}, true, nil
+}
+
+// errNoRow is interpretError's pgx.ErrNoRows: the statement matched no row.
+// What that means is each caller's to say (no change yet, too little to
+// deduct, an idempotency key taken by a racing attempt, a key never used);
+// it never leaves the store.
+var errNoRow = errors.New("credits: no row")
+
+// interpretError is the store's one translation of driver errors, applied
+// to the result of every query: pgx.ErrNoRows becomes errNoRow and
+// numeric_value_out_of_range (a balance past the bigint range) an error
+// that Is ErrInvalid; any other error is returned as it is.
+func interpretError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, pgx.ErrNoRows):
+		return errNoRow
+	case pgretry.Code(err) == pgerrcode.NumericValueOutOfRange:
+		return fmt.Errorf("%w: out of range: %w", ErrInvalid, err)
+	}
+	return err
 }
 
 func balanceFromRow(r dbq.CreditBalance) Balance {

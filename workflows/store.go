@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -29,9 +30,6 @@ var _ Repo = (*Store)(nil)
 // NewStore returns a Store on pool. The schema must be migrated (db.Migrate).
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// Pool returns the pool the store uses.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
 // Definition implements [Repo]. It retries once when Postgres terminated the
 // connection or the query was never sent.
 func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
@@ -41,10 +39,10 @@ func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
 	row, err := pgretry.Read(ctx, func(ctx context.Context) (dbq.WorkflowDefinition, error) {
 		return dbq.New(s.pool).WorkflowDefinitionGet(ctx, id)
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
+	switch err := interpretError(err); {
+	case errors.Is(err, ErrNotFound):
 		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
-	}
-	if err != nil {
+	case err != nil:
 		return Definition{}, fmt.Errorf("workflows: definition %d: %w", id, err)
 	}
 	return definitionFromRow(row)
@@ -89,22 +87,21 @@ func (s *Store) save(ctx context.Context, d Definition, ob *outbox.Outbox) (_ De
 		row, err = q.WorkflowDefinitionInsert(ctx, dbq.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
 	} else {
 		row, err = q.WorkflowDefinitionUpdate(ctx, dbq.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
-		if errors.Is(err, pgx.ErrNoRows) {
-			exists, xerr := q.WorkflowDefinitionExists(ctx, d.ID)
-			switch {
-			case xerr != nil:
-				err = xerr
-			case exists:
-				return Definition{}, none, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
-			default:
-				return Definition{}, none, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
-			}
+	}
+	switch err = interpretError(err); {
+	case errors.Is(err, ErrNotFound): // the update matched no row: find out why
+		exists, err := q.WorkflowDefinitionExists(ctx, d.ID)
+		switch {
+		case err != nil:
+			return Definition{}, none, fmt.Errorf("workflows: save: %w", interpretError(err))
+		case exists:
+			return Definition{}, none, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
+		default:
+			return Definition{}, none, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
 		}
-	}
-	if code := pgretry.Code(err); code == "22P05" || code == "22P02" { // untranslatable character (\u0000), invalid text
-		return Definition{}, none, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
-	}
-	if err != nil {
+	case errors.Is(err, ErrInvalid):
+		return Definition{}, none, err
+	case err != nil:
 		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
 	if inv, err = ob.Record(ctx, tx, Key(row.ID)); err != nil {
@@ -137,7 +134,7 @@ func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv ou
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	n, err := dbq.New(tx).WorkflowDefinitionDelete(ctx, id)
-	if err != nil {
+	if err := interpretError(err); err != nil {
 		return none, fmt.Errorf("workflows: delete %d: %w", id, err)
 	}
 	if n == 0 {
@@ -153,6 +150,25 @@ func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv ou
 		return none, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
 	}
 	return inv, nil
+}
+
+// interpretError is the store's one translation of driver errors, applied
+// to the result of every query: pgx.ErrNoRows becomes ErrNotFound, and
+// untranslatable_character (a \u0000 in the spec) and
+// invalid_text_representation (text the jsonb column refuses) an error
+// that Is ErrInvalid; any other error is returned as it is.
+func interpretError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, pgx.ErrNoRows):
+		return ErrNotFound
+	}
+	switch pgretry.Code(err) {
+	case pgerrcode.UntranslatableCharacter, pgerrcode.InvalidTextRepresentation:
+		return fmt.Errorf("%w: spec: %v", ErrInvalid, err)
+	}
+	return err
 }
 
 // definitionFromRow maps a row to a Definition, normalised so that a cached
