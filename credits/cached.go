@@ -10,6 +10,9 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/outbox"
 )
 
+// OutboxDomain is the cache_outbox.domain of credit balance keys.
+const OutboxDomain = "credits"
+
 // CachedConfig configures a [Cached]. Zero fields take the defaults.
 type CachedConfig struct {
 	TTL           time.Duration // how long a balance stays cached, cachelayer.TTLShort (60 s)

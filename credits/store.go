@@ -14,9 +14,6 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
-// OutboxDomain is the cache_outbox.domain of credit balance keys.
-const OutboxDomain = "credits"
-
 // Store is the Postgres implementation of [Repo]. Each change is one
 // READ COMMITTED transaction: the balance row, a ledger row and, when a
 // cached decorator asks for it, an outbox row naming the cache key to
@@ -212,15 +209,13 @@ var errNoRow = errors.New("credits: no row")
 // numeric_value_out_of_range (a balance past the bigint range) an error
 // that Is ErrInvalid; any other error is returned as it is.
 func interpretError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, pgx.ErrNoRows):
+	if errors.Is(err, pgx.ErrNoRows) {
 		return errNoRow
-	case pgretry.Code(err) == pgerrcode.NumericValueOutOfRange:
+	}
+	if pgretry.Code(err) == pgerrcode.NumericValueOutOfRange {
 		return fmt.Errorf("%w: out of range: %w", ErrInvalid, err)
 	}
-	return err
+	return err // nil stays nil
 }
 
 func balanceFromRow(r dbq.CreditBalance) Balance {

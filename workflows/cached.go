@@ -12,6 +12,9 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/outbox"
 )
 
+// OutboxDomain is the cache_outbox.domain of workflow definition keys.
+const OutboxDomain = "workflows"
+
 // Cached is a [Repo] that serves definitions through a cachelayer.Cache (key
 // [Key], TTL 300 s, "not found" cached 30 s) and sends every change to its
 // [Store]. Invalidation works as in credits.Cached: the key is recorded in

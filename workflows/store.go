@@ -16,9 +16,6 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
-// OutboxDomain is the cache_outbox.domain of workflow definition keys.
-const OutboxDomain = "workflows"
-
 // Store is the Postgres implementation of [Repo]. It is safe for concurrent
 // use.
 type Store struct {
@@ -158,17 +155,13 @@ func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv ou
 // invalid_text_representation (text the jsonb column refuses) an error
 // that Is ErrInvalid; any other error is returned as it is.
 func interpretError(err error) error {
-	switch {
-	case err == nil:
-		return nil
+	switch code := pgretry.Code(err); {
 	case errors.Is(err, pgx.ErrNoRows):
 		return ErrNotFound
-	}
-	switch pgretry.Code(err) {
-	case pgerrcode.UntranslatableCharacter, pgerrcode.InvalidTextRepresentation:
+	case code == pgerrcode.UntranslatableCharacter, code == pgerrcode.InvalidTextRepresentation:
 		return fmt.Errorf("%w: spec: %v", ErrInvalid, err)
 	}
-	return err
+	return err // nil stays nil
 }
 
 // definitionFromRow maps a row to a Definition, normalised so that a cached
