@@ -47,7 +47,9 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 		panic("credits: negative CachedConfig.TTL")
 	}
 	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
-	ob := outbox.New(store.pool, c, outbox.Config{Domain: OutboxDomain, Interval: cfg.SweepInterval, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger})
+	ob := outbox.New(store.pool, c, outbox.Config{
+		Domain: OutboxDomain, Interval: cfg.SweepInterval, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
+	})
 	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob}
 }
 
