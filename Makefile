@@ -12,10 +12,10 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: ## regenerate the sqlc code in db/ from queries/ and db/migrations/
+generate: ## regenerate the sqlc code in internal/dbq/ from queries/ and db/migrations/
 	$(SQLC) generate
 
-verify: ## fail if the committed sqlc code in db/ differs from a fresh generate
+verify: ## fail if the committed sqlc code in internal/dbq/ differs from a fresh generate
 	$(SQLC) diff
 
 build: ## compile every package and the CLI into bin/ghlcache

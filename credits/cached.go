@@ -10,6 +10,9 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/outbox"
 )
 
+// OutboxDomain is the cache_outbox.domain of credit balance keys.
+const OutboxDomain = "credits"
+
 // CachedConfig configures a [Cached]. Zero fields take the defaults.
 type CachedConfig struct {
 	TTL           time.Duration // how long a balance stays cached, cachelayer.TTLShort (60 s)
@@ -17,9 +20,6 @@ type CachedConfig struct {
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
 }
-
-// OutboxStats describes the invalidation outbox of a cached repository.
-type OutboxStats = outbox.Stats
 
 // Cached is a [Repo] that serves balances through a cachelayer.Cache (key
 // [Key], TTL 60 s) and sends every change to its [Store].
@@ -42,25 +42,15 @@ var _ Repo = (*Cached)(nil)
 // NewCached wraps store with cache and starts the outbox sweeper; cfg nil
 // means defaults. Close stops the sweeper (it does not close store or cache).
 func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
-	if cfg == nil {
-		cfg = &CachedConfig{}
-	}
+	cfg = cmp.Or(cfg, &CachedConfig{})
 	if cfg.TTL < 0 {
 		panic("credits: negative CachedConfig.TTL")
 	}
 	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
-	return &Cached{
-		store: store,
-		cache: c,
-		ttl:   ttl,
-		outbox: outbox.New(store.pool, c, outbox.Config{
-			Domain:   OutboxDomain,
-			Interval: cfg.SweepInterval,
-			Batch:    cfg.SweepBatch,
-			MaxAge:   ttl + time.Minute,
-			Logger:   cfg.Logger,
-		}),
-	}
+	ob := outbox.New(store.pool, c, outbox.Config{
+		Domain: OutboxDomain, Interval: cfg.SweepInterval, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
+	})
+	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob}
 }
 
 // Balance implements [Repo]: a read through the cache, or from Postgres while
@@ -74,7 +64,7 @@ func (c *Cached) Balance(ctx context.Context, userID int64, t Type) (Balance, er
 	opts := cachelayer.FetchOptions{TTL: c.ttl}
 	// While this process's invalidation of the key is pending, Redis may
 	// hold the old balance: read Postgres, still one shared load per key.
-	opts.SkipRedis = c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key))
+	opts.SkipRedis = c.outbox.SkipRedis(key)
 	return cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Balance, error) {
 		return c.store.Balance(ctx, userID, t)
 	})
@@ -92,21 +82,18 @@ func (c *Cached) Deduct(ctx context.Context, ch Change) (Balance, error) {
 }
 
 func (c *Cached) change(ctx context.Context, ch Change, sign int64) (Balance, error) {
-	full := c.cache.FullKey(Key(ch.UserID, ch.Type))
-	b, id, err := c.store.change(ctx, ch, sign, full)
-	if id != 0 {
-		// Committed, or possibly committed (ErrCommitUnknown): invalidate as
-		// if it was. If it was not, the row does not exist and the pending
-		// mark clears at the next sweep.
-		c.outbox.Invalidate(ctx, full, id)
-	}
+	b, inv, err := c.store.change(ctx, ch, sign, c.outbox)
+	// Committed, or possibly committed (ErrCommitUnknown): invalidate as if
+	// it was. If it was not, the row does not exist and the pending mark
+	// clears at the next sweep.
+	c.outbox.Invalidate(ctx, inv)
 	if err != nil {
 		return Balance{}, err
 	}
-	if id == 0 {
+	if inv == (outbox.Invalidation{}) {
 		// An idempotent replay: the first attempt owns the invalidation,
 		// which may still be on its way; one more delete costs little.
-		_ = c.cache.DeleteFull(context.WithoutCancel(ctx), full)
+		_ = c.cache.Delete(context.WithoutCancel(ctx), Key(ch.UserID, ch.Type))
 	}
 	return b, nil
 }
@@ -123,11 +110,12 @@ func (c *Cached) History(ctx context.Context, userID int64, t Type, limit int) (
 // rows to instances that can.
 func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
 
+// OutboxStats describes the invalidation outbox of a cached repository.
+type OutboxStats = outbox.Stats
+
 // OutboxStats returns the outbox depth and oldest row age of credit
 // invalidations, and this process's sweeper counters.
-func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) {
-	return c.outbox.Stats(ctx)
-}
+func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) { return c.outbox.Stats(ctx) }
 
 // Close stops the outbox sweeper and waits for a sweep in progress. It is
 // idempotent and closes neither the store nor the cache.

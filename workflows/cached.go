@@ -12,17 +12,8 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/outbox"
 )
 
-// CachedConfig configures a [Cached]. Zero fields take the defaults.
-type CachedConfig struct {
-	TTL           time.Duration // how long a definition stays cached, cachelayer.TTLMedium (300 s)
-	NegativeTTL   time.Duration // how long "not found" stays cached, 30 s
-	SweepInterval time.Duration // between outbox sweeps, 1 s
-	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
-	Logger        *slog.Logger  // slog.Default()
-}
-
-// OutboxStats describes the invalidation outbox of a cached repository.
-type OutboxStats = outbox.Stats
+// OutboxDomain is the cache_outbox.domain of workflow definition keys.
+const OutboxDomain = "workflows"
 
 // Cached is a [Repo] that serves definitions through a cachelayer.Cache (key
 // [Key], TTL 300 s, "not found" cached 30 s) and sends every change to its
@@ -32,9 +23,18 @@ type OutboxStats = outbox.Stats
 // key, so a "not found" cached before it existed never hides it.
 type Cached struct {
 	store  *Store
+	outbox *outbox.Outbox // records, sends and sweeps the invalidations of Save and Delete
 	cache  *cachelayer.Cache
-	opts   cachelayer.FetchOptions
-	outbox *outbox.Outbox
+	opts   cachelayer.FetchOptions // TTL and NegativeTTL; SkipRedis is set per read
+}
+
+// CachedConfig configures a [Cached]. Zero fields take the defaults.
+type CachedConfig struct {
+	TTL           time.Duration // how long a definition stays cached, cachelayer.TTLMedium (300 s)
+	NegativeTTL   time.Duration // how long "not found" stays cached, 30 s
+	SweepInterval time.Duration // between outbox sweeps, 1 s
+	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
+	Logger        *slog.Logger  // slog.Default()
 }
 
 var _ Repo = (*Cached)(nil)
@@ -42,9 +42,7 @@ var _ Repo = (*Cached)(nil)
 // NewCached wraps store with cache and starts the outbox sweeper; cfg nil
 // means defaults. Close stops the sweeper (it does not close store or cache).
 func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
-	if cfg == nil {
-		cfg = &CachedConfig{}
-	}
+	cfg = cmp.Or(cfg, &CachedConfig{})
 	if cfg.TTL < 0 || cfg.NegativeTTL < 0 {
 		panic("workflows: negative CachedConfig duration")
 	}
@@ -52,18 +50,10 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 		TTL:         cmp.Or(cfg.TTL, cachelayer.TTLMedium),
 		NegativeTTL: cmp.Or(cfg.NegativeTTL, 30*time.Second),
 	}
-	return &Cached{
-		store: store,
-		cache: c,
-		opts:  opts,
-		outbox: outbox.New(store.pool, c, outbox.Config{
-			Domain:   OutboxDomain,
-			Interval: cfg.SweepInterval,
-			Batch:    cfg.SweepBatch,
-			MaxAge:   max(opts.TTL, opts.NegativeTTL) + time.Minute,
-			Logger:   cfg.Logger,
-		}),
-	}
+	maxAge := max(opts.TTL, opts.NegativeTTL) + time.Minute // how long a cached entry or marker can outlive a lost delete
+	return &Cached{store: store, cache: c, opts: opts, outbox: outbox.New(store.pool, c, outbox.Config{
+		Domain: OutboxDomain, Interval: cfg.SweepInterval, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
+	})}
 }
 
 // Definition implements [Repo]: a read through the cache (a missing id is
@@ -78,7 +68,7 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 	opts := c.opts
 	// While this process's invalidation of the key is pending, Redis may
 	// hold the old definition: read Postgres, still one shared load per key.
-	opts.SkipRedis = c.outbox.AnyPending() && c.outbox.Pending(c.cache.FullKey(key))
+	opts.SkipRedis = c.outbox.SkipRedis(key)
 	d, err := cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Definition, error) {
 		d, err := c.store.Definition(ctx, id)
 		if errors.Is(err, ErrNotFound) {
@@ -95,10 +85,8 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 
 // Save implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Save(ctx context.Context, d Definition) (Definition, error) {
-	out, id, err := c.store.save(ctx, d, c.fullKey)
-	if id != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
-		c.outbox.Invalidate(ctx, c.fullKey(out.ID), id)
-	}
+	out, inv, err := c.store.save(ctx, d, c.outbox)
+	c.outbox.Invalidate(ctx, inv) // committed, or possibly (ErrCommitUnknown): invalidate as if it was
 	if err != nil {
 		return Definition{}, err
 	}
@@ -107,14 +95,17 @@ func (c *Cached) Save(ctx context.Context, d Definition) (Definition, error) {
 
 // Delete implements [Repo]; the definition's key is invalidated after commit.
 func (c *Cached) Delete(ctx context.Context, id int64) error {
-	rowID, err := c.store.delete(ctx, id, c.fullKey)
-	if rowID != 0 { // committed, or possibly (ErrCommitUnknown): invalidate as if it was
-		c.outbox.Invalidate(ctx, c.fullKey(id), rowID)
-	}
+	inv, err := c.store.delete(ctx, id, c.outbox)
+	c.outbox.Invalidate(ctx, inv) // as in Save
 	return err
 }
 
-func (c *Cached) fullKey(id int64) string { return c.cache.FullKey(Key(id)) }
+// OutboxStats describes the invalidation outbox of a cached repository.
+type OutboxStats = outbox.Stats
+
+// OutboxStats returns the outbox depth and oldest row age of workflow
+// invalidations, and this process's sweeper counters.
+func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) { return c.outbox.Stats(ctx) }
 
 // Sweep runs one outbox sweep now (the sweeper also runs every
 // SweepInterval): it deletes the keys of leftover rows and removes the rows.
@@ -122,12 +113,6 @@ func (c *Cached) fullKey(id int64) string { return c.cache.FullKey(Key(id)) }
 // deletes no key and claims no row (it drops only moot rows), leaving the
 // rows to instances that can.
 func (c *Cached) Sweep(ctx context.Context) error { return c.outbox.Sweep(ctx) }
-
-// OutboxStats returns the outbox depth and oldest row age of workflow
-// invalidations, and this process's sweeper counters.
-func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) {
-	return c.outbox.Stats(ctx)
-}
 
 // Close stops the outbox sweeper and waits for a sweep in progress. It is
 // idempotent and closes neither the store nor the cache.

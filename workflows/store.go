@@ -7,15 +7,14 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/dbq"
+	"github.com/ghl-agency/ghlcache/internal/outbox"
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
-
-// OutboxDomain is the cache_outbox.domain of workflow definition keys.
-const OutboxDomain = "workflows"
 
 // Store is the Postgres implementation of [Repo]. It is safe for concurrent
 // use.
@@ -28,22 +27,19 @@ var _ Repo = (*Store)(nil)
 // NewStore returns a Store on pool. The schema must be migrated (db.Migrate).
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// Pool returns the pool the store uses.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
 // Definition implements [Repo]. It retries once when Postgres terminated the
 // connection or the query was never sent.
 func (s *Store) Definition(ctx context.Context, id int64) (Definition, error) {
 	if err := validateID(id); err != nil {
 		return Definition{}, err
 	}
-	row, err := pgretry.Read(ctx, func(ctx context.Context) (db.WorkflowDefinition, error) {
-		return db.New(s.pool).WorkflowDefinitionGet(ctx, id)
+	row, err := pgretry.Read(ctx, func(ctx context.Context) (dbq.WorkflowDefinition, error) {
+		return dbq.New(s.pool).WorkflowDefinitionGet(ctx, id)
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
+	switch err := interpretError(err); {
+	case errors.Is(err, ErrNotFound):
 		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
-	}
-	if err != nil {
+	case err != nil:
 		return Definition{}, fmt.Errorf("workflows: definition %d: %w", id, err)
 	}
 	return definitionFromRow(row)
@@ -64,106 +60,113 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 	return err
 }
 
-// outboxKeyFunc names the full cache key of a definition id, for the outbox.
-type outboxKeyFunc func(id int64) string
-
-// save is Save; when outboxKey is not nil, the same transaction records
-// outboxKey(id) in the cache outbox and outboxID is that row's id (also on
-// create: a "not found" marker cached for an id must not hide it once it
-// exists). When the COMMIT's outcome is unknown, save returns an error that
-// Is ErrCommitUnknown together with outboxID and the definition as it was
-// to be committed (for its ID), so that the caller can invalidate as if it
-// was.
-func (s *Store) save(ctx context.Context, d Definition, outboxKey outboxKeyFunc) (_ Definition, outboxID int64, _ error) {
+// save is Save; when ob is not nil, the same transaction records the
+// definition's key in ob and inv is that row (also on create: a "not
+// found" marker cached for an id must not hide it once it exists). When the
+// COMMIT's outcome is unknown, save returns an error that Is
+// ErrCommitUnknown together with inv, so that the caller can invalidate as
+// if it committed.
+func (s *Store) save(ctx context.Context, d Definition, ob *outbox.Outbox) (_ Definition, inv outbox.Invalidation, _ error) {
+	none := outbox.Invalidation{}
 	spec, err := normalize(d)
 	if err != nil {
-		return Definition{}, 0, err
+		return Definition{}, none, err
 	}
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return Definition{}, 0, fmt.Errorf("workflows: save: begin: %w", err)
+		return Definition{}, none, fmt.Errorf("workflows: save: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
+	q := dbq.New(tx)
 
-	var row db.WorkflowDefinition
+	var row dbq.WorkflowDefinition
 	if d.ID == 0 {
-		row, err = q.WorkflowDefinitionInsert(ctx, db.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
+		row, err = q.WorkflowDefinitionInsert(ctx, dbq.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
 	} else {
-		row, err = q.WorkflowDefinitionUpdate(ctx, db.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
-		if errors.Is(err, pgx.ErrNoRows) {
-			exists, xerr := q.WorkflowDefinitionExists(ctx, d.ID)
-			switch {
-			case xerr != nil:
-				err = xerr
-			case exists:
-				return Definition{}, 0, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
-			default:
-				return Definition{}, 0, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
-			}
+		row, err = q.WorkflowDefinitionUpdate(ctx, dbq.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
+	}
+	switch err = interpretError(err); {
+	case errors.Is(err, ErrNotFound): // the update matched no row: find out why
+		exists, err := q.WorkflowDefinitionExists(ctx, d.ID)
+		switch {
+		case err != nil:
+			return Definition{}, none, fmt.Errorf("workflows: save: %w", interpretError(err))
+		case exists:
+			return Definition{}, none, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
+		default:
+			return Definition{}, none, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
 		}
+	case errors.Is(err, ErrInvalid):
+		return Definition{}, none, err
+	case err != nil:
+		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
-	if code := pgretry.Code(err); code == "22P05" || code == "22P02" { // untranslatable character (\u0000), invalid text
-		return Definition{}, 0, fmt.Errorf("%w: spec: %v", ErrInvalid, err)
-	}
-	if err != nil {
-		return Definition{}, 0, fmt.Errorf("workflows: save: %w", err)
-	}
-	if outboxKey != nil {
-		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(row.ID)}); err != nil {
-			return Definition{}, 0, fmt.Errorf("workflows: save: outbox: %w", err)
-		}
+	if inv, err = ob.Record(ctx, tx, Key(row.ID)); err != nil {
+		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
 	out, err := definitionFromRow(row)
 	if err != nil {
-		return Definition{}, 0, err
+		return Definition{}, none, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		if pgretry.CommitUnknown(err) {
-			return out, outboxID, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, out.ID, err)
+			return Definition{}, inv, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, out.ID, err)
 		}
-		return Definition{}, 0, fmt.Errorf("workflows: save: commit: %w", err)
+		return Definition{}, none, fmt.Errorf("workflows: save: commit: %w", err)
 	}
-	return out, outboxID, nil
+	return out, inv, nil
 }
 
-// delete is Delete, recording outboxKey(id) in the same transaction when
-// outboxKey is not nil. Like save, it returns outboxID with an error that Is
-// ErrCommitUnknown when the COMMIT's outcome is unknown.
-func (s *Store) delete(ctx context.Context, id int64, outboxKey outboxKeyFunc) (outboxID int64, _ error) {
+// delete is Delete, recording the definition's key in ob in the same
+// transaction when ob is not nil. Like save, it returns inv with an error
+// that Is ErrCommitUnknown when the COMMIT's outcome is unknown.
+func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv outbox.Invalidation, _ error) {
+	none := outbox.Invalidation{}
 	if err := validateID(id); err != nil {
-		return 0, err
+		return none, err
 	}
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return 0, fmt.Errorf("workflows: delete: begin: %w", err)
+		return none, fmt.Errorf("workflows: delete: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
-	n, err := q.WorkflowDefinitionDelete(ctx, id)
-	if err != nil {
-		return 0, fmt.Errorf("workflows: delete %d: %w", id, err)
+	n, err := dbq.New(tx).WorkflowDefinitionDelete(ctx, id)
+	if err := interpretError(err); err != nil {
+		return none, fmt.Errorf("workflows: delete %d: %w", id, err)
 	}
 	if n == 0 {
-		return 0, fmt.Errorf("%w: id %d", ErrNotFound, id)
+		return none, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
-	if outboxKey != nil {
-		if outboxID, err = q.CacheOutboxInsert(ctx, db.CacheOutboxInsertParams{Domain: OutboxDomain, CacheKey: outboxKey(id)}); err != nil {
-			return 0, fmt.Errorf("workflows: delete: outbox: %w", err)
-		}
+	if inv, err = ob.Record(ctx, tx, Key(id)); err != nil {
+		return none, fmt.Errorf("workflows: delete: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		if pgretry.CommitUnknown(err) {
-			return outboxID, fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
+			return inv, fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
 		}
-		return 0, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
+		return none, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
 	}
-	return outboxID, nil
+	return inv, nil
+}
+
+// interpretError is the store's one translation of driver errors, applied
+// to the result of every query: pgx.ErrNoRows becomes ErrNotFound, and
+// untranslatable_character (a \u0000 in the spec) and
+// invalid_text_representation (text the jsonb column refuses) an error
+// that Is ErrInvalid; any other error is returned as it is.
+func interpretError(err error) error {
+	switch code := pgretry.Code(err); {
+	case errors.Is(err, pgx.ErrNoRows):
+		return ErrNotFound
+	case code == pgerrcode.UntranslatableCharacter, code == pgerrcode.InvalidTextRepresentation:
+		return fmt.Errorf("%w: spec: %v", ErrInvalid, err)
+	}
+	return err // nil stays nil
 }
 
 // definitionFromRow maps a row to a Definition, normalised so that a cached
 // copy decodes to an equal value: UTC time, compact Spec.
-func definitionFromRow(r db.WorkflowDefinition) (Definition, error) {
+func definitionFromRow(r dbq.WorkflowDefinition) (Definition, error) {
 	spec, err := compact(r.Spec)
 	if err != nil {
 		return Definition{}, fmt.Errorf("workflows: definition %d: stored spec: %w", r.ID, err)

@@ -1,6 +1,7 @@
 // Package outbox makes cache invalidation durable: a change records the full
-// cache key in the cache_outbox table in its own transaction; after commit
-// the writer deletes the key and removes the row; a sweeper in every cached
+// cache key in the cache_outbox table in its own transaction
+// ([Outbox.Record]); after commit the writer deletes the key and removes the
+// row ([Outbox.Invalidate]); a sweeper in every cached
 // repository deletes the keys of rows left behind (Redis was down, the delete
 // timed out, the writer died) and removes a row only after its key's delete
 // succeeded, however old the row is.
@@ -35,11 +36,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/dbq"
 )
 
 // Invalidator deletes already-prefixed cache keys; *cachelayer.Cache is one.
-// DeleteFull must return nil only when every key's delete reached Redis.
+// FullKey prefixes a domain's key as the cache stores it. DeleteFull must
+// return nil only when every key's delete reached Redis.
 // Enabled reports whether it can reach Redis at all: false for a cache in
 // no-cache mode or closed. While it is false the outbox counts nothing as
 // delivered and claims no rows (which would hold them from instances that
@@ -48,6 +50,7 @@ import (
 // cachelayer.Cache.DeleteFull does), so that a read that begins after the
 // write does not share a load that began before it.
 type Invalidator interface {
+	FullKey(key string) string
 	DeleteFull(ctx context.Context, fullKeys ...string) error
 	Enabled() bool
 }
@@ -132,9 +135,39 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 	return o
 }
 
-// Invalidate runs after the commit that wrote row id for key: it marks key
-// pending, deletes it from the cache and, when that succeeded, clears the
-// mark and queues the row for removal. When the delete fails the row stays
+// Invalidation is an outbox row that a change wrote in its transaction, as
+// [Outbox.Record] returns it. The zero Invalidation is no row.
+type Invalidation struct {
+	ID  int64  // the cache_outbox row
+	Key string // the full (prefixed) cache key it names
+}
+
+// Record writes the outbox row that invalidates key (unprefixed, as the
+// domain builds it) inside tx, the transaction of the change that makes the
+// cached value stale, so the invalidation is durable exactly when the
+// change is. It is the one place that writes outbox rows: one INSERT on
+// tx, no round trip of its own. After the commit (or a commit whose outcome
+// is unknown) pass the result to [Outbox.Invalidate].
+//
+// On a nil *Outbox (a store with no cache in front) it writes nothing and
+// returns the zero Invalidation.
+func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, key string) (Invalidation, error) {
+	if o == nil {
+		return Invalidation{}, nil
+	}
+	full := o.inv.FullKey(key)
+	id, err := dbq.New(tx).CacheOutboxInsert(ctx, dbq.CacheOutboxInsertParams{Domain: o.cfg.Domain, CacheKey: full})
+	if err != nil {
+		return Invalidation{}, fmt.Errorf("outbox: record: %w", err)
+	}
+	return Invalidation{ID: id, Key: full}, nil
+}
+
+// Invalidate runs after the commit that wrote inv's row (or one whose
+// outcome is unknown: if it did not commit, there is no row and the pending
+// mark clears at the next sweep); the zero Invalidation does nothing. It
+// marks the key pending, deletes it from the cache and, when that
+// succeeded, clears the mark and queues the row for removal. When the delete fails the row stays
 // for the sweeper and the key stays pending, so this process reads it from
 // Postgres meanwhile. It ignores ctx's cancellation (the change has
 // committed; its invalidation must still happen) and is bounded by the
@@ -144,7 +177,11 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 // row stays for an instance that can delete the key, and nothing is marked
 // pending: such a process reads from Postgres anyway, and a mark would live
 // until another instance swept the row.
-func (o *Outbox) Invalidate(ctx context.Context, key string, id int64) {
+func (o *Outbox) Invalidate(ctx context.Context, inv Invalidation) {
+	if inv.ID == 0 {
+		return
+	}
+	key, id := inv.Key, inv.ID
 	ctx = context.WithoutCancel(ctx)
 	if !o.inv.Enabled() {
 		_ = o.inv.DeleteFull(ctx, key) // reaches no Redis; forgets the key's in-process loads
@@ -185,7 +222,7 @@ func (o *Outbox) removeQueued() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := db.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
+	if _, err := dbq.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
 		// The keys are deleted; a sweeper deletes them once more and the rows.
 		o.log.Debug("outbox rows left to the sweeper", "rows", len(ids), "err", err)
 	}
@@ -209,8 +246,17 @@ func (o *Outbox) runRemover() {
 // building the key it would pass to Pending.
 func (o *Outbox) AnyPending() bool { return o.npend.Load() != 0 }
 
-// Pending reports whether an invalidation of key by this process has not
-// reached the cache yet.
+// SkipRedis reports whether a read of key (unprefixed, as the domain builds
+// it) must bypass Redis because this process's own invalidation of it is
+// pending (Redis may still hold the old value); the value for
+// cachelayer.FetchOptions.SkipRedis. With nothing pending it is one atomic
+// load and builds no key.
+func (o *Outbox) SkipRedis(key string) bool {
+	return o.AnyPending() && o.Pending(o.inv.FullKey(key))
+}
+
+// Pending reports whether an invalidation of key (full, prefixed) by this
+// process has not reached the cache yet.
 func (o *Outbox) Pending(key string) bool {
 	if o.npend.Load() == 0 {
 		return false
@@ -287,8 +333,8 @@ func (o *Outbox) sweepBatch(ctx context.Context) (claimed int, err error) {
 		return 0, fmt.Errorf("outbox: sweep: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := db.New(tx)
-	rows, err := q.CacheOutboxClaim(ctx, db.CacheOutboxClaimParams{Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch)})
+	q := dbq.New(tx)
+	rows, err := q.CacheOutboxClaim(ctx, dbq.CacheOutboxClaimParams{Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch)})
 	if err != nil || len(rows) == 0 {
 		if err != nil {
 			err = fmt.Errorf("outbox: sweep: claim: %w", err)
@@ -333,7 +379,7 @@ const seenPerBatch = 100
 // after the last one, so every row gets seen, also one that committed late
 // behind the pages already read. It takes no row locks but its DELETE's.
 func (o *Outbox) dropMoot(ctx context.Context) error {
-	q := db.New(o.pool)
+	q := dbq.New(o.pool)
 	now := o.cfg.Now()
 	var moot []int64
 	for id, at := range o.seen {
@@ -356,7 +402,7 @@ func (o *Outbox) dropMoot(ctx context.Context) error {
 	if len(o.seen) >= limit {
 		return nil
 	}
-	ids, err := q.CacheOutboxListOld(ctx, db.CacheOutboxListOldParams{
+	ids, err := q.CacheOutboxListOld(ctx, dbq.CacheOutboxListOldParams{
 		Domain: o.cfg.Domain, MaxAgeSeconds: o.cfg.MaxAge.Seconds(), AfterID: o.seenAfter, MaxRows: int32(o.cfg.Batch),
 	})
 	if err != nil {
@@ -386,7 +432,7 @@ func (o *Outbox) forgetSwept(ctx context.Context) {
 	if len(ids) == 0 {
 		return
 	}
-	present, err := db.New(o.pool).CacheOutboxPresent(ctx, ids)
+	present, err := dbq.New(o.pool).CacheOutboxPresent(ctx, ids)
 	if err != nil {
 		return
 	}
@@ -406,7 +452,7 @@ func (o *Outbox) forgetSwept(ctx context.Context) {
 // Stats returns the domain's depth and oldest row age from the table and
 // this process's counters.
 func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
-	row, err := db.New(o.pool).CacheOutboxStats(ctx, o.cfg.Domain)
+	row, err := dbq.New(o.pool).CacheOutboxStats(ctx, o.cfg.Domain)
 	if err != nil {
 		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
 	}

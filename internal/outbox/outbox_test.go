@@ -40,6 +40,8 @@ func (f *invalidator) DeleteFull(_ context.Context, keys ...string) error {
 	return nil
 }
 
+func (f *invalidator) FullKey(key string) string { return "test:" + key }
+
 func (f *invalidator) Enabled() bool { f.mu.Lock(); defer f.mu.Unlock(); return !f.disabled }
 
 func (f *invalidator) setDown(down bool) { f.mu.Lock(); f.down = down; f.mu.Unlock() }
@@ -99,11 +101,43 @@ func insert(ctx context.Context, t *testing.T, domain, key string, age time.Dura
 	return id
 }
 
+// TestRecordWritesRowInTransaction: Record's row is part of the caller's
+// transaction (invisible before its commit), names the full key, and makes
+// reads of the key skip Redis while its invalidation is pending; a nil
+// Outbox records nothing and the zero Invalidation deletes nothing.
+func TestRecordWritesRowInTransaction(t *testing.T) {
+	t.Parallel()
+	ctx, o, inv, _ := setup(t)
+	inv.setDown(true)
+	tx, err := testenv.Pool(t).Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	rec, err := o.Record(ctx, tx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "test:a", rec.Key)
+	require.NotZero(t, rec.ID)
+	require.Zero(t, depth(ctx, t, o), "not visible before the commit")
+
+	var none *outbox.Outbox
+	nothing, err := none.Record(ctx, tx, "a")
+	require.NoError(t, err)
+	require.Zero(t, nothing)
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, int64(1), depth(ctx, t, o))
+
+	o.Invalidate(ctx, outbox.Invalidation{})
+	require.Zero(t, inv.calls, "the zero Invalidation deletes nothing")
+	require.False(t, o.SkipRedis("a"))
+	o.Invalidate(ctx, rec)
+	require.True(t, o.SkipRedis("a"), "the delete failed: reads of a bypass Redis")
+	require.False(t, o.SkipRedis("b"))
+}
+
 func TestInvalidateRemovesRowAndPendingMark(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, domain := setup(t)
 	id := insert(ctx, t, domain, "ghl:credits:1:a", 0)
-	o.Invalidate(ctx, "ghl:credits:1:a", id)
+	o.Invalidate(ctx, outbox.Invalidation{Key: "ghl:credits:1:a", ID: id})
 	require.Equal(t, []string{"ghl:credits:1:a"}, inv.keys())
 	require.False(t, o.Pending("ghl:credits:1:a"), "cleared as soon as the delete reached Redis")
 	require.Eventually(t, func() bool {
@@ -117,7 +151,7 @@ func TestCloseRemovesQueuedRows(t *testing.T) {
 	ctx, o, _, domain := setup(t)
 	for i := range 20 {
 		key := fmt.Sprintf("k%d", i)
-		o.Invalidate(ctx, key, insert(ctx, t, domain, key, 0))
+		o.Invalidate(ctx, outbox.Invalidation{Key: key, ID: insert(ctx, t, domain, key, 0)})
 	}
 	require.NoError(t, o.Close())
 	var n int
@@ -130,7 +164,7 @@ func TestFailedInvalidationStaysPendingUntilSwept(t *testing.T) {
 	ctx, o, inv, domain := setup(t)
 	inv.setDown(true)
 	id := insert(ctx, t, domain, "k1", 0)
-	o.Invalidate(ctx, "k1", id)
+	o.Invalidate(ctx, outbox.Invalidation{Key: "k1", ID: id})
 	require.True(t, o.Pending("k1"), "this process reads k1 from Postgres meanwhile")
 	require.False(t, o.Pending("k2"))
 
@@ -159,7 +193,7 @@ func TestDisabledInvalidatorLeavesRows(t *testing.T) {
 	inv.setDisabled(true)
 	id := insert(ctx, t, domain, "mine", 0)
 	insert(ctx, t, domain, "another instance's", 0)
-	o.Invalidate(ctx, "mine", id)
+	o.Invalidate(ctx, outbox.Invalidation{Key: "mine", ID: id})
 	require.False(t, o.Pending("mine"), "no mark that only another instance's sweep could clear")
 	require.Equal(t, 1, inv.calls, "DeleteFull still runs: it forgets the key's in-process loads")
 	require.NoError(t, o.Sweep(ctx))
@@ -176,7 +210,7 @@ func TestPendingClearedWhenAnotherInstanceSwept(t *testing.T) {
 	ctx, o, inv, domain := setup(t)
 	inv.setDown(true)
 	id := insert(ctx, t, domain, "k", 0)
-	o.Invalidate(ctx, "k", id)
+	o.Invalidate(ctx, outbox.Invalidation{Key: "k", ID: id})
 	require.True(t, o.Pending("k"))
 
 	other := outbox.New(testenv.Pool(t), &invalidator{}, outbox.Config{Domain: domain, Interval: time.Hour})
@@ -194,7 +228,7 @@ func TestPendingClearedWhenRowNeverCommitted(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, _ := setup(t)
 	inv.setDown(true)
-	o.Invalidate(ctx, "never-committed", 1<<62) // no such row
+	o.Invalidate(ctx, outbox.Invalidation{Key: "never-committed", ID: 1 << 62}) // no such row
 	require.True(t, o.Pending("never-committed"))
 	_ = o.Sweep(ctx)
 	require.False(t, o.Pending("never-committed"))

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -33,7 +34,7 @@ func Retryable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
-		case "57P01", "57P02", "57P03": // admin_shutdown, crash_shutdown, cannot_connect_now
+		case pgerrcode.AdminShutdown, pgerrcode.CrashShutdown, pgerrcode.CannotConnectNow:
 			return true
 		}
 	}
@@ -74,7 +75,8 @@ func CommitUnknown(err error) bool {
 	return true
 }
 
-// Code returns the SQLSTATE of err, or "" when it is not a Postgres error.
+// Code returns the SQLSTATE of err (compare it with the pgerrcode
+// constants), or "" when it is not a Postgres error.
 func Code(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

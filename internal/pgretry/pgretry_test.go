@@ -7,6 +7,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
@@ -16,12 +17,12 @@ import (
 
 func TestRetryable(t *testing.T) {
 	t.Parallel()
-	require.True(t, pgretry.Retryable(fmt.Errorf("read: %w", &pgconn.PgError{Code: "57P01"})), "admin_shutdown")
-	require.True(t, pgretry.Retryable(&pgconn.PgError{Code: "57P03"}), "cannot_connect_now")
+	require.True(t, pgretry.Retryable(fmt.Errorf("read: %w", &pgconn.PgError{Code: pgerrcode.AdminShutdown})), "admin_shutdown")
+	require.True(t, pgretry.Retryable(&pgconn.PgError{Code: pgerrcode.CannotConnectNow}), "cannot_connect_now")
 	require.False(t, pgretry.Retryable(&pgconn.PgError{Code: "23505"}), "a unique violation is an answer")
 	require.False(t, pgretry.Retryable(errors.New("boom")))
 	require.False(t, pgretry.Retryable(context.Canceled))
-	require.Equal(t, "57P01", pgretry.Code(fmt.Errorf("x: %w", &pgconn.PgError{Code: "57P01"})))
+	require.Equal(t, pgerrcode.AdminShutdown, pgretry.Code(fmt.Errorf("x: %w", &pgconn.PgError{Code: pgerrcode.AdminShutdown})))
 	require.Empty(t, pgretry.Code(errors.New("boom")))
 }
 
@@ -52,7 +53,7 @@ func TestCommitUnknown(t *testing.T) {
 		{"aborted transaction", pgx.ErrTxCommitRollback, false},
 		{"closed transaction", pgx.ErrTxClosed, false},
 		{"never sent", fmt.Errorf("commit: %w", notSent{}), false},
-		{"terminated while waiting for sync replication", &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01"}, true},
+		{"terminated while waiting for sync replication", &pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: pgerrcode.AdminShutdown}, true},
 		{"connection dropped before the reply", fmt.Errorf("commit: %w", io.ErrUnexpectedEOF), true},
 		{"connection dropped while pgconn waited for the reply", fmt.Errorf("commit: %w", connClosed{}), true},
 		{"context ended while waiting for the reply", context.DeadlineExceeded, true},
@@ -67,7 +68,7 @@ func TestReadRetriesOnce(t *testing.T) {
 	calls := 0
 	v, err := pgretry.Read(ctx, func(context.Context) (int, error) {
 		calls++
-		return 0, &pgconn.PgError{Code: "57P01"}
+		return 0, &pgconn.PgError{Code: pgerrcode.AdminShutdown}
 	})
 	require.Error(t, err)
 	require.Zero(t, v)
@@ -77,7 +78,7 @@ func TestReadRetriesOnce(t *testing.T) {
 	v, err = pgretry.Read(ctx, func(context.Context) (int, error) {
 		calls++
 		if calls == 1 {
-			return 0, &pgconn.PgError{Code: "57P01"}
+			return 0, &pgconn.PgError{Code: pgerrcode.AdminShutdown}
 		}
 		return 7, nil
 	})

@@ -3,7 +3,7 @@
 //   sqlc v1.31.1
 // source: workflows.sql
 
-package db
+package dbq
 
 import (
 	"context"

@@ -3,7 +3,7 @@
 //   sqlc v1.31.1
 // source: cache_outbox.sql
 
-package db
+package dbq
 
 import (
 	"context"
