@@ -6,8 +6,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/db"
-	"github.com/ghl-agency/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 

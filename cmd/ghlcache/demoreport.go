@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/internal/bench"
 )
 
 // demoReport is what the demo measured; --json prints it as is.
