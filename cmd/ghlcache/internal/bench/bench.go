@@ -468,28 +468,15 @@ func warm(ctx context.Context, keys []Key, truth ReadFunc, systems map[Kind][]Sy
 		}
 	}
 	for ri, read := range readers {
-		errs := make(chan error, 16)
-		for w := range 16 {
-			go func() {
-				for i := w; i < len(keys); i += 16 {
-					b, err := read(ctx, keys[i])
-					if err != nil {
-						errs <- err
-						return
-					}
-					if ri == 0 {
-						bals[i] = b
-					}
-				}
-				errs <- nil
-			}()
-		}
-		var first error
-		for range 16 {
-			first = cmp.Or(first, <-errs)
-		}
-		if first != nil {
-			return nil, fmt.Errorf("bench: warm caches: %w", first)
+		err := ForEach(ctx, len(keys), 16, nil, func(ctx context.Context, i int) error {
+			b, err := read(ctx, keys[i])
+			if ri == 0 {
+				bals[i] = b
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bench: warm caches: %w", err)
 		}
 	}
 	return bals, nil
