@@ -3,6 +3,8 @@ package main
 import (
 	"cmp"
 	"flag"
+
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // Defaults of the global settings, for a Postgres and a Redis on this machine.
@@ -86,5 +88,5 @@ func (f *urlFlag) String() string {
 	if f == nil {
 		return ""
 	}
-	return redactURL(f.value)
+	return redact.URL(f.value)
 }

@@ -57,7 +57,7 @@ var ErrRedisUnreachable = errors.New("could not verify the cache (Redis unreacha
 // Outbox is one cached repository's invalidation outbox, as Drain drives
 // it.
 type Outbox struct {
-	Sweep func(ctx context.Context) error           // delivers what it can
+	Sweep func(ctx context.Context) error          // delivers what it can
 	Depth func(ctx context.Context) (int64, error) // rows left
 }
 
