@@ -4,13 +4,14 @@ import (
 	"cmp"
 	"flag"
 
+	"github.com/ghl-agency/ghlcache/internal/localservices"
 	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // Defaults of the global settings, for a Postgres and a Redis on this machine.
 const (
-	defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	defaultRedisURL    = "redis://127.0.0.1:6379/0"
+	defaultDatabaseURL = localservices.DatabaseURL
+	defaultRedisURL    = localservices.RedisURL
 )
 
 // globalFlags are the settings every command accepts, before or after its
