@@ -275,6 +275,12 @@ func (c *Cache) forgetPrefix(full string) {
 	c.forget(keys)
 }
 
+// MatchPrefix returns the SCAN MATCH pattern of the keys that start with
+// prefix, taken literally: the glob characters \ * ? [ ] in it are escaped,
+// as DeletePrefix escapes them. prefix is a full Redis key prefix (FullKey
+// of an unprefixed one).
+func MatchPrefix(prefix string) string { return escapeGlob(prefix) + "*" }
+
 // escapeGlob escapes the characters SCAN MATCH treats as a glob.
 func escapeGlob(s string) string {
 	if !strings.ContainsAny(s, `\*?[]`) {

@@ -14,7 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/ghl-agency/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 var benchCommand = &command{
@@ -120,7 +121,7 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 	res, err := bench.Run(ctx, cfg)
 	bar.finish()
 	if err != nil {
-		return wrapURL(dbURL, err, "bench")
+		return redact.Wrap(dbURL, err, "bench")
 	}
 	if o.html != "" {
 		if err := writeBenchHTML(o.html, res); err != nil {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
-	"github.com/ghl-agency/ghlcache/internal/bench"
 )
 
 func TestBenchTiny(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/ghl-agency/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 )
 
 // barChart is one SVG chart of horizontal bars, in groups.

@@ -17,7 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // defaultCacheTimeout bounds each cache command.
@@ -95,11 +96,11 @@ func openCache(ctx context.Context, e *env, name string, f cacheFlags) (*cacheCo
 		OpTimeout: time.Second, // an operator's single call may wait longer than a service's read
 	})
 	if err != nil {
-		return nil, wrapURL(raw, err, "redis")
+		return nil, redact.Wrap(raw, err, "redis")
 	}
 	if h := cache.Health(ctx); !h.Healthy {
 		_ = cache.Close()
-		return nil, fmt.Errorf("redis %s is down: %s", redactURL(raw), oneLine(scrub(h.Err, raw)))
+		return nil, fmt.Errorf("redis %s is down: %s", redact.URL(raw), oneLine(redact.String(h.Err, raw)))
 	}
 	return &cacheConn{cache: cache, rdb: redis.NewClient(opts), flags: f}, nil
 }
@@ -267,7 +268,7 @@ func cacheDelPrefix(ctx context.Context, e *env, c *cacheConn, args []string, ye
 // its first ':'.
 func countKeys(ctx context.Context, rdb *redis.Client, prefix string, byGroup map[string]int64) (int64, error) {
 	var n int64
-	iter := rdb.Scan(ctx, 0, bench.EscapeGlob(prefix)+"*", 1000).Iterator()
+	iter := rdb.Scan(ctx, 0, cachelayer.MatchPrefix(prefix), 1000).Iterator()
 	for iter.Next(ctx) {
 		n++
 		if byGroup != nil {

@@ -86,7 +86,7 @@ func (e *env) run(ctx context.Context, args []string) error {
 	// URL's password.
 	msg := err.Error()
 	for _, u := range []string{e.databaseURL(), e.redisURL(), e.global.redisURL.value, e.getenv("REDIS_URL")} {
-		msg = scrub(msg, u)
+		msg = redact.String(msg, u)
 	}
 	return redact.WithText(msg, err)
 }

@@ -3,12 +3,15 @@ package main
 import (
 	"cmp"
 	"flag"
+
+	"github.com/ghl-agency/ghlcache/internal/localservices"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // Defaults of the global settings, for a Postgres and a Redis on this machine.
 const (
-	defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	defaultRedisURL    = "redis://127.0.0.1:6379/0"
+	defaultDatabaseURL = localservices.DatabaseURL
+	defaultRedisURL    = localservices.RedisURL
 )
 
 // globalFlags are the settings every command accepts, before or after its
@@ -86,5 +89,5 @@ func (f *urlFlag) String() string {
 	if f == nil {
 		return ""
 	}
-	return redactURL(f.value)
+	return redact.URL(f.value)
 }

@@ -12,8 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
@@ -129,12 +130,12 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	} else {
 		var err error
 		if cache, err = cachelayer.Open(ctx, redisURL, ccfg); err != nil {
-			return wrapURL(redisURL, err, "redis")
+			return redact.Wrap(redisURL, err, "redis")
 		}
 		if h := cache.Health(ctx); !h.Healthy {
 			_ = cache.Close()
 			return fmt.Errorf("redis %s is down (%s); start it, or run the demo with --no-cache",
-				redactURL(redisURL), oneLine(scrub(h.Err, redisURL)))
+				redact.URL(redisURL), oneLine(redact.String(h.Err, redisURL)))
 		}
 	}
 	defer cache.Close()
@@ -146,7 +147,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		return err
 	}
 	defer pool.Close()
-	rep.Database = redactURL(dbURL)
+	rep.Database = redact.URL(dbURL)
 	for _, p := range []string{"credits:", "workflow:"} {
 		if _, err := cache.DeletePrefix(ctx, p); err != nil {
 			return fmt.Errorf("demo: clear %s%s: %w", o.prefix, p, err)
@@ -157,7 +158,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	seedStart := time.Now()
 	d := &demo{opts: o, pool: pool, cache: cache, counter: counter, rep: rep, bar: bar}
 	if err := d.seed(ctx); err != nil {
-		return wrapURL(dbURL, err, "demo: seed")
+		return redact.Wrap(dbURL, err, "demo: seed")
 	}
 	rep.Seeding = bench.Duration(time.Since(seedStart).Round(time.Millisecond))
 	d.creditStore, d.wfStore = credits.NewStore(pool), workflows.NewStore(pool)
@@ -171,7 +172,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	// outage or a check that cannot run are in it, and make the exit
 	// status 1 after it.
 	if rep.Baseline, err = d.phase(ctx, "baseline (Postgres)", false, demoSeedTicks); err != nil {
-		return wrapURL(dbURL, err, "demo: baseline phase") // interrupted
+		return redact.Wrap(dbURL, err, "demo: baseline phase") // interrupted
 	}
 	cachedName := "cached (ghlcache)"
 	if rep.Mode == "no-cache" {
@@ -188,7 +189,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	rep.Cached, err = d.phase(ctx, cachedName, true, demoSeedTicks+demoProgressTicks)
 	rep.Cached.Warmup = warmup
 	if err != nil {
-		return wrapURL(dbURL, err, "demo: cached phase") // interrupted
+		return redact.Wrap(dbURL, err, "demo: cached phase") // interrupted
 	}
 	bar.set(demoSeedTicks+2*demoProgressTicks, "consistency check")
 	rep.Consistency = d.check(ctx)

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
@@ -33,18 +33,16 @@ type demoConsistency struct {
 	OutboxDepthAtCheck int64    `json:"outbox_depth"`
 }
 
-// errRedisUnreachable is the check's own verdict on Redis.
-var errRedisUnreachable = errors.New("could not verify the cache (Redis unreachable)")
-
 // check waits until every invalidation has reached Redis, then compares
-// every cached balance and definition with Postgres. It tells a Redis it
-// cannot reach (nothing to compare: Verified false) from a mismatch.
+// every cached balance and definition with Postgres (the bench's checker:
+// bench.Drainer and bench.Compare). It tells a Redis it cannot reach
+// (nothing to compare: Verified false) from a mismatch.
 func (d *demo) check(ctx context.Context) demoConsistency {
 	c := demoConsistency{Verified: true}
 	unverified := func(err error) demoConsistency {
 		c.Verified, c.Passed = false, false
-		if errors.Is(err, errRedisUnreachable) || errors.Is(err, cachelayer.ErrUnavailable) {
-			c.Reason = errRedisUnreachable.Error()
+		if errors.Is(err, bench.ErrRedisUnreachable) || errors.Is(err, cachelayer.ErrUnavailable) {
+			c.Reason = bench.ErrRedisUnreachable.Error()
 			if c.OutboxDepthAtCheck > 0 {
 				c.Reason += fmt.Sprintf(": %d invalidation(s) still wait in the outbox", c.OutboxDepthAtCheck)
 			}
@@ -56,148 +54,77 @@ func (d *demo) check(ctx context.Context) demoConsistency {
 	// In no-cache mode there is nothing to wait for: no key was cached, and
 	// the outbox rows stay for an instance with Redis to sweep.
 	if d.cache.Enabled() {
-		depth, err := d.drainOutbox(ctx)
+		drain := bench.Drainer{
+			Outboxes: []bench.Outbox{
+				{Sweep: d.credits.Sweep, Depth: func(ctx context.Context) (int64, error) {
+					st, err := d.credits.OutboxStats(ctx)
+					return st.Depth, err
+				}},
+				{Sweep: d.workflows.Sweep, Depth: func(ctx context.Context) (int64, error) {
+					st, err := d.workflows.OutboxStats(ctx)
+					return st.Depth, err
+				}},
+			},
+			Timeout:          demoQuiesceTimeout,
+			Healthy:          func(ctx context.Context) bool { return d.cache.Health(ctx).Healthy },
+			UnreachableGrace: demoUnreachableGrace,
+		}
+		depth, err := drain.Drain(ctx)
 		c.OutboxDepthAtCheck = depth
 		if err != nil {
 			return unverified(err)
 		}
 	}
 
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	var errs []error
-	mismatch := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		c.Mismatches++
-		if len(c.Examples) < 5 {
-			c.Examples = append(c.Examples, fmt.Sprintf(format, args...))
-		}
-	}
 	// One deadline for every Get that waits out an open breaker.
 	deadline := time.Now().Add(demoQuiesceTimeout)
-	const workers = 8
-	for w := range workers {
-		wg.Go(func() {
-			var checked, cachedBal, cachedDef int
-			defer func() {
-				mu.Lock()
-				c.BalancesChecked += checked
-				c.BalancesCached += cachedBal
-				c.DefinitionsCached += cachedDef
-				mu.Unlock()
-			}()
-			fail := func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }
-			for i := w; i < d.opts.users; i += workers {
-				for _, t := range demoCreditTypes {
-					u := d.firstUser + int64(i)
-					var got credits.Balance
-					found, err := getRetrying(ctx, d.cache, credits.Key(u, t), &got, deadline)
-					if err != nil {
-						fail(err)
-						return
-					}
-					checked++
-					if !found {
-						continue
-					}
-					cachedBal++
-					want, err := d.creditStore.Balance(ctx, u, t)
-					if err != nil {
-						fail(err)
-						return
-					}
-					if got.Amount != want.Amount || got.Version != want.Version {
-						mismatch("%s: cached %d (version %d), Postgres %d (version %d)",
-							credits.Key(u, t), got.Amount, got.Version, want.Amount, want.Version)
-					}
-				}
-			}
-			for i := w; i < len(d.defIDs); i += workers {
-				var got workflows.Definition
-				found, err := getRetrying(ctx, d.cache, workflows.Key(d.defIDs[i]), &got, deadline)
-				if errors.Is(err, cachelayer.ErrNotFound) {
-					continue
-				}
-				if err != nil {
-					fail(err)
-					return
-				}
-				if !found {
-					continue
-				}
-				cachedDef++
-				want, err := d.wfStore.Definition(ctx, d.defIDs[i])
-				if err != nil {
-					fail(err)
-					return
-				}
-				if got.Version != want.Version {
-					mismatch("%s: cached version %d, Postgres version %d", workflows.Key(d.defIDs[i]), got.Version, want.Version)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if len(errs) > 0 {
-		// Redis failing during the comparison is the likely cause; say
-		// that rather than the first of many timeouts.
-		for _, err := range errs {
-			if errors.Is(err, cachelayer.ErrUnavailable) {
-				return unverified(err)
-			}
+	balances, err := bench.Compare(ctx, d.opts.users*len(demoCreditTypes), func(ctx context.Context, i int) (int, []string, error) {
+		u, t := d.firstUser+int64(i/len(demoCreditTypes)), demoCreditTypes[i%len(demoCreditTypes)]
+		var got credits.Balance
+		found, err := getRetrying(ctx, d.cache, credits.Key(u, t), &got, deadline)
+		if err != nil || !found {
+			return 0, nil, err
 		}
-		return unverified(errs[0])
+		want, err := d.creditStore.Balance(ctx, u, t)
+		if err != nil {
+			return 0, nil, err
+		}
+		if got.Amount != want.Amount || got.Version != want.Version {
+			return 1, []string{fmt.Sprintf("%s: cached %d (version %d), Postgres %d (version %d)",
+				credits.Key(u, t), got.Amount, got.Version, want.Amount, want.Version)}, nil
+		}
+		return 1, nil, nil
+	})
+	if err != nil {
+		return unverified(err)
 	}
+	defs, err := bench.Compare(ctx, len(d.defIDs), func(ctx context.Context, i int) (int, []string, error) {
+		id := d.defIDs[i]
+		var got workflows.Definition
+		found, err := getRetrying(ctx, d.cache, workflows.Key(id), &got, deadline)
+		if errors.Is(err, cachelayer.ErrNotFound) || (err == nil && !found) {
+			return 0, nil, nil
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		want, err := d.wfStore.Definition(ctx, id)
+		if err != nil {
+			return 0, nil, err
+		}
+		if got.Version != want.Version {
+			return 1, []string{fmt.Sprintf("%s: cached version %d, Postgres version %d", workflows.Key(id), got.Version, want.Version)}, nil
+		}
+		return 1, nil, nil
+	})
+	if err != nil {
+		return unverified(err)
+	}
+	c.BalancesChecked, c.BalancesCached, c.DefinitionsCached = balances.Keys, balances.Cached, defs.Cached
+	balances.Add(defs)
+	c.Mismatches, c.Examples = balances.Mismatches, balances.Examples
 	c.Passed = c.Mismatches == 0
 	return c
-}
-
-// drainOutbox sweeps both outboxes until no invalidation is left and
-// returns the depth it saw last. It gives up with errRedisUnreachable when
-// every sweep for demoUnreachableGrace failed for want of Redis and Redis
-// does not answer a health check, and with an error at demoQuiesceTimeout.
-func (d *demo) drainOutbox(ctx context.Context) (int64, error) {
-	qctx, cancel := context.WithTimeout(ctx, demoQuiesceTimeout)
-	defer cancel()
-	var depth int64
-	var failingSince time.Time // zero: the last sweep reached Redis
-	for {
-		// While the breaker is open a sweep fails; keep trying (the
-		// breaker's probe is one of these calls).
-		err := errors.Join(d.credits.Sweep(qctx), d.workflows.Sweep(qctx))
-		unavailable := errors.Is(err, cachelayer.ErrUnavailable)
-		if err != nil && !unavailable && qctx.Err() == nil {
-			return depth, err
-		}
-		cs, err1 := d.credits.OutboxStats(qctx)
-		ws, err2 := d.workflows.OutboxStats(qctx)
-		if err := errors.Join(err1, err2); err != nil && qctx.Err() == nil {
-			return depth, err
-		}
-		if err1 == nil && err2 == nil {
-			depth = cs.Depth + ws.Depth
-		}
-		if depth == 0 && err1 == nil && err2 == nil {
-			return 0, nil
-		}
-		switch {
-		case !unavailable:
-			failingSince = time.Time{}
-		case failingSince.IsZero():
-			failingSince = time.Now()
-		case time.Since(failingSince) >= demoUnreachableGrace && !d.cache.Health(qctx).Healthy:
-			return depth, errRedisUnreachable
-		}
-		select {
-		case <-qctx.Done():
-			if ctx.Err() == nil && unavailable {
-				return depth, errRedisUnreachable
-			}
-			return depth, fmt.Errorf("the outbox still holds %d invalidation(s) after %s: %w", depth, demoQuiesceTimeout, qctx.Err())
-		case <-time.After(20 * time.Millisecond): // poll, bounded by qctx
-		}
-	}
 }
 
 // getRetrying is cache.Get that waits out an open breaker (a Redis call

@@ -6,8 +6,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/db"
-	"github.com/ghl-agency/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
@@ -29,7 +29,7 @@ func openDemoDatabase(ctx context.Context, e *env, name string, configure func(*
 	}
 	dbURL, _, err := bench.EnsureDatabase(ctx, serverURL, name)
 	if err != nil {
-		return nil, "", redact.WithText(scrub(err.Error(), serverURL), err)
+		return nil, "", redact.WithText(redact.String(err.Error(), serverURL), err)
 	}
 	cfg, err := parsePoolConfig(dbURL)
 	if err != nil {
@@ -43,11 +43,11 @@ func openDemoDatabase(ctx context.Context, e *env, name string, configure func(*
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, "", wrapURL(dbURL, err, "postgres %s", redactURL(dbURL))
+		return nil, "", redact.Wrap(dbURL, err, "postgres %s", redact.URL(dbURL))
 	}
 	if err := db.Migrate(ctx, pool); err != nil {
 		pool.Close()
-		return nil, "", wrapURL(dbURL, err, "migrate %s", redactURL(dbURL))
+		return nil, "", redact.Wrap(dbURL, err, "migrate %s", redact.URL(dbURL))
 	}
 	return pool, dbURL, nil
 }

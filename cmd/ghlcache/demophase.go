@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
@@ -28,79 +26,54 @@ func (d *demo) seed(ctx context.Context) error {
 	store := workflows.NewStore(d.pool)
 	d.defIDs = make([]int64, d.opts.workflows)
 	var saved atomic.Int64
-	step := func() {
+	return bench.ForEach(ctx, len(d.defIDs), 8, nil, func(ctx context.Context, i int) error {
+		def, err := store.Save(ctx, workflows.Definition{
+			Name: fmt.Sprintf("demo workflow %d", i+1),
+			Spec: json.RawMessage(fmt.Sprintf(`{"steps":[{"action":"enrich"},{"action":"email","template":"t%d"}],"rev":0}`, i)),
+		})
+		if err != nil {
+			return err
+		}
+		d.defIDs[i] = def.ID
 		n := int(saved.Add(1))
 		d.bar.set(demoSeedTicks/2+n*demoSeedTicks/2/len(d.defIDs),
 			fmt.Sprintf("seeding workflow definitions %d/%d", n, len(d.defIDs)))
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, 8)
-	for w := range 8 {
-		wg.Go(func() {
-			for i := w; i < len(d.defIDs); i += 8 {
-				def, err := store.Save(ctx, workflows.Definition{
-					Name: fmt.Sprintf("demo workflow %d", i+1),
-					Spec: json.RawMessage(fmt.Sprintf(`{"steps":[{"action":"enrich"},{"action":"email","template":"t%d"}],"rev":0}`, i)),
-				})
-				if err != nil {
-					errs[w] = err
-					return
-				}
-				d.defIDs[i] = def.ID
-				step()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+		return nil
+	})
 }
 
 // warm reads every balance and definition once through the cached
 // repositories.
 func (d *demo) warm(ctx context.Context) (*demoWarmup, error) {
 	start := time.Now()
-	const workers = 8
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < d.opts.users && errs[w] == nil; i += workers {
-				for _, t := range demoCreditTypes {
-					if _, err := d.credits.Balance(ctx, d.firstUser+int64(i), t); err != nil {
-						errs[w] = err
-						return
-					}
-				}
-			}
-			for i := w; i < len(d.defIDs); i += workers {
-				if _, err := d.workflows.Definition(ctx, d.defIDs[i]); err != nil {
-					errs[w] = err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	balances := d.opts.users * len(demoCreditTypes)
+	err := bench.ForEach(ctx, balances+len(d.defIDs), 8, nil, func(ctx context.Context, i int) error {
+		if i < balances {
+			_, err := d.credits.Balance(ctx, d.firstUser+int64(i/len(demoCreditTypes)), demoCreditTypes[i%len(demoCreditTypes)])
+			return err
+		}
+		_, err := d.workflows.Definition(ctx, d.defIDs[i-balances])
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	keys := d.opts.users*len(demoCreditTypes) + len(d.defIDs)
-	return &demoWarmup{Keys: keys, Wall: bench.Duration(time.Since(start).Round(time.Millisecond))}, nil
+	return &demoWarmup{Keys: balances + len(d.defIDs), Wall: bench.Duration(time.Since(start).Round(time.Millisecond))}, nil
 }
 
-// phaseWorker is one goroutine's tallies.
-type phaseWorker struct {
-	hist                                           bench.Histogram
-	reads, writes, insufficient, saves, errorCount int64
-	firstErr                                       error
-}
+// The names of the demo workload's operations.
+const (
+	opBalanceRead    = "balance read"
+	opDefinitionRead = "definition read"
+	opCreditWrite    = "credit write"
+	opWorkflowSave   = "workflow save"
+)
 
 // phase runs the workload for the phase duration, reading through the
 // cached repositories when cached is set (else through the stores), then
 // the cold-key burst. Failed operations are counted in the phase; its error
 // is ctx's only.
 func (d *demo) phase(ctx context.Context, name string, cached bool, barBase int) (demoPhase, error) {
-	bar := d.bar
 	ph := demoPhase{Name: name}
 	readBalance := func(ctx context.Context, u int64, t credits.Type) (credits.Balance, error) {
 		return d.creditStore.Balance(ctx, u, t)
@@ -109,52 +82,37 @@ func (d *demo) phase(ctx context.Context, name string, cached bool, barBase int)
 	if cached {
 		readBalance, readDef = d.credits.Balance, d.workflows.Definition
 	}
-
-	runCtx, cancel := context.WithTimeout(ctx, d.opts.duration)
-	defer cancel()
-	stats0, queries0, meter := d.cache.Stats(), d.counter.Counts(), bench.StartCPU()
-	workers := make([]phaseWorker, d.opts.concurrency)
-	var wg sync.WaitGroup
-	for g := range workers {
-		wg.Go(func() { d.work(runCtx, &workers[g], uint64(g)+uint64(barBase)*1_000_003, readBalance, readDef) })
+	load := bench.Workload{
+		Duration: d.opts.duration,
+		Seed:     uint64(barBase) * 1_000_003,
+		Groups:   []bench.Group{{Goroutines: d.opts.concurrency, Ops: d.ops(readBalance, readDef)}},
+		// The progress bar follows the clock.
+		ProgressEvery: d.opts.duration / demoProgressTicks,
+		Progress: func(elapsed time.Duration) {
+			d.bar.set(barBase+int(elapsed*demoProgressTicks/d.opts.duration), name)
+		},
 	}
-	// The progress bar follows the clock.
-	tick := time.NewTicker(d.opts.duration / demoProgressTicks)
-	start := time.Now()
-loop:
-	for {
-		select {
-		case <-runCtx.Done():
-			break loop
-		case <-tick.C:
-			bar.set(barBase+int(time.Since(start)*demoProgressTicks/d.opts.duration), name)
-		}
-	}
-	tick.Stop()
-	wg.Wait()
-	usage := meter.Stop()
-	stats, queries := d.cache.Stats(), d.counter.Counts().Sub(queries0)
-	if err := ctx.Err(); err != nil {
+	stats0, queries0 := d.cache.Stats(), d.counter.Counts()
+	res, err := load.Run(ctx)
+	if err != nil {
 		return ph, err
 	}
+	stats, queries := d.cache.Stats(), d.counter.Counts().Sub(queries0)
 
 	var hist bench.Histogram
-	var firstErr error
-	for i := range workers {
-		w := &workers[i]
-		hist.Merge(&w.hist)
-		ph.Reads += w.reads
-		ph.CreditWrites += w.writes
-		ph.InsufficientDeducts += w.insufficient
-		ph.WorkflowSaves += w.saves
-		ph.Errors += w.errorCount
-		if firstErr == nil {
-			firstErr = w.firstErr
-		}
+	for _, op := range []string{opBalanceRead, opDefinitionRead} {
+		r := res.Op(op)
+		hist.Merge(&r.Latency)
+		ph.Reads += r.Done
 	}
-	if firstErr != nil {
-		ph.FirstError = firstErr.Error()
+	ph.CreditWrites = res.Op(opCreditWrite).Done
+	ph.InsufficientDeducts = res.Op(opCreditWrite).Refused
+	ph.WorkflowSaves = res.Op(opWorkflowSave).Done
+	ph.Errors = res.Failed
+	if res.FirstErr != nil {
+		ph.FirstError = res.FirstErr.Error()
 	}
+	usage := res.CPU
 	ph.ReadsPerSec = float64(ph.Reads) / usage.Wall.Seconds()
 	ph.P50, ph.P99, ph.P999 = bench.Duration(hist.Quantile(0.5)), bench.Duration(hist.Quantile(0.99)), bench.Duration(hist.Quantile(0.999))
 	ph.ReadQueries = queries.Balances + queries.Definitions
@@ -191,73 +149,67 @@ loop:
 	return ph, nil
 }
 
-// work is one goroutine of a phase.
-func (d *demo) work(ctx context.Context, w *phaseWorker, seed uint64,
-	readBalance func(context.Context, int64, credits.Type) (credits.Balance, error),
-	readDef func(context.Context, int64) (workflows.Definition, error)) {
-	users := bench.NewZipf(d.opts.users, bench.DefaultZipfS, seed+1)
-	defs := bench.NewZipf(len(d.defIDs), bench.DefaultZipfS, seed+2)
-	fail := func(err error) {
-		if ctx.Err() != nil {
-			return // the phase ended mid-call
-		}
-		w.errorCount++
-		if w.firstErr == nil {
-			w.firstErr = err
-		}
+// ops is the demo's mix of operations for the engine: Zipf-distributed
+// reads of balances and definitions through readBalance and readDef, credit
+// adds and deducts and workflow saves through the cached repositories.
+func (d *demo) ops(readBalance func(context.Context, int64, credits.Type) (credits.Balance, error),
+	readDef func(context.Context, int64) (workflows.Definition, error)) []bench.Op {
+	users := func(seed uint64) *bench.Zipf { return bench.NewZipf(d.opts.users, bench.DefaultZipfS, seed) }
+	defKeys := func(seed uint64) func() int64 {
+		z := bench.NewZipf(len(d.defIDs), bench.DefaultZipfS, seed)
+		return func() int64 { return d.defIDs[z.Next()] }
 	}
-	for ctx.Err() == nil && w.errorCount < 100 {
-		x := users.Float64()
-		user := d.firstUser + int64(users.Next())
-		typ := demoCreditTypes[users.IntN(len(demoCreditTypes))]
-		switch {
-		case x < demoCreditWrites:
-			ch := credits.Change{UserID: user, Type: typ, Amount: 1 + int64(users.IntN(demoMaxChange)), Reason: "demo"}
-			var err error
-			if users.IntN(2) == 0 {
-				_, err = d.credits.Add(ctx, ch)
-			} else {
-				_, err = d.credits.Deduct(ctx, ch)
+	const reads = 1 - demoCreditWrites - demoWorkflowSaves
+	return []bench.Op{
+		{Name: opBalanceRead, Weight: reads * demoBalanceReads, Start: func(seed uint64) func(context.Context) error {
+			z := users(seed)
+			return func(ctx context.Context) error {
+				u, t := d.zipfBalance(z)
+				_, err := readBalance(ctx, u, t)
+				return err
 			}
-			switch {
-			case errors.Is(err, credits.ErrInsufficient):
-				w.insufficient++
-			case err != nil:
-				fail(err)
-			default:
-				w.writes++
-			}
-		case x < demoCreditWrites+demoWorkflowSaves:
-			id := d.defIDs[defs.Next()]
-			def, err := d.wfStore.Definition(ctx, id)
-			if err != nil {
-				fail(err)
-				continue
-			}
-			def.Spec = json.RawMessage(fmt.Sprintf(`{"steps":[{"action":"enrich"},{"action":"email"}],"rev":%d}`, d.saves.Add(1)))
-			switch _, err := d.workflows.Save(ctx, def); {
-			case errors.Is(err, workflows.ErrConflict): // another goroutine saved it first
-			case err != nil:
-				fail(err)
-			default:
-				w.saves++
-			}
-		default:
-			start := time.Now()
-			var err error
-			if users.Float64() < demoBalanceReads {
-				_, err = readBalance(ctx, user, typ)
-			} else {
-				_, err = readDef(ctx, d.defIDs[defs.Next()])
-			}
-			if err != nil {
-				fail(err)
-				continue
-			}
-			w.hist.Record(time.Since(start))
-			w.reads++
-		}
+		}},
+		{Name: opDefinitionRead, Weight: reads * (1 - demoBalanceReads), Start: func(seed uint64) func(context.Context) error {
+			next := defKeys(seed)
+			return func(ctx context.Context) error { _, err := readDef(ctx, next()); return err }
+		}},
+		{Name: opCreditWrite, Weight: demoCreditWrites, Refused: []error{credits.ErrInsufficient},
+			Start: func(seed uint64) func(context.Context) error {
+				z := users(seed)
+				return func(ctx context.Context) error {
+					u, t := d.zipfBalance(z)
+					ch := credits.Change{UserID: u, Type: t, Amount: 1 + int64(z.IntN(demoMaxChange)), Reason: "demo"}
+					var err error
+					if z.IntN(2) == 0 {
+						_, err = d.credits.Add(ctx, ch)
+					} else {
+						_, err = d.credits.Deduct(ctx, ch)
+					}
+					return err
+				}
+			}},
+		// A save that loses the race with another goroutine's save of the
+		// same definition (ErrConflict) is refused, not failed.
+		{Name: opWorkflowSave, Weight: demoWorkflowSaves, Refused: []error{workflows.ErrConflict},
+			Start: func(seed uint64) func(context.Context) error {
+				next := defKeys(seed)
+				return func(ctx context.Context) error {
+					def, err := d.wfStore.Definition(ctx, next())
+					if err != nil {
+						return err
+					}
+					def.Spec = json.RawMessage(fmt.Sprintf(`{"steps":[{"action":"enrich"},{"action":"email"}],"rev":%d}`, d.saves.Add(1)))
+					_, err = d.workflows.Save(ctx, def)
+					return err
+				}
+			}},
 	}
+}
+
+// zipfBalance draws a seeded balance from z: the user by Zipf, the credit
+// type uniformly.
+func (d *demo) zipfBalance(z *bench.Zipf) (int64, credits.Type) {
+	return d.firstUser + int64(z.Next()), demoCreditTypes[z.IntN(len(demoCreditTypes))]
 }
 
 // setRatios sets the hit and fallback ratios from the reads and the

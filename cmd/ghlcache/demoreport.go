@@ -9,8 +9,9 @@ import (
 	"time"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // demoReport is what the demo measured; --json prints it as is.
@@ -40,7 +41,7 @@ type demoReport struct {
 func (r *demoReport) scrub(urls ...string) {
 	clean := func(s string) string {
 		for _, u := range urls {
-			s = scrub(s, u)
+			s = redact.String(s, u)
 		}
 		return oneLine(s)
 	}

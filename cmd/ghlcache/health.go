@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 // defaultHealthTimeout bounds each health check: connecting and one ping.
@@ -79,12 +81,12 @@ func health(ctx context.Context, e *env, timeout time.Duration) error {
 	var down []string
 	for _, p := range probes {
 		raw := p.target
-		p.target = redactURL(raw)
+		p.target = redact.URL(raw)
 		switch {
 		case p.skipped != "":
 			fmt.Fprintf(tw, "%s\t%s\t\t%s\n", p.service, p.skipped, p.target)
 		case p.err != nil:
-			reason := oneLine(scrub(p.err.Error(), raw))
+			reason := oneLine(redact.String(p.err.Error(), raw))
 			fmt.Fprintf(tw, "%s\tDOWN\t\t%s\t%s\n", p.service, p.target, reason)
 			down = append(down, p.service+" is down ("+reason+")")
 		default:

@@ -1,5 +1,14 @@
-// Command ghlcache operates a ghlcache deployment: it applies the schema
-// migrations and checks that Postgres and Redis answer.
+// Command ghlcache operates a ghlcache deployment and shows what the cache
+// does. Its commands:
+//
+//	migrate     apply, roll back or inspect the schema migrations
+//	            (up, down, status, version)
+//	health      check that Postgres and Redis answer, and how fast
+//	demo        run the same workload without and with the cache, and
+//	            compare (throughput, latency, Postgres queries, consistency)
+//	bench       compare ghlcache with Postgres alone, naive cache-aside and
+//	            go-redis/cache
+//	cache       inspect and clear cached entries (get, del, del-prefix, stats)
 //
 // Usage:
 //

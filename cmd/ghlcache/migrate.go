@@ -17,6 +17,7 @@ import (
 	"github.com/pressly/goose/v3"
 
 	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 var migrateCommand = &command{
@@ -71,16 +72,16 @@ func migrateRun(fn func(context.Context, *env, *migrateTarget) error) runFunc {
 			return err
 		}
 		defer pool.Close()
-		t := &migrateTarget{pool: pool, url: redactURL(rawURL)}
+		t := &migrateTarget{pool: pool, url: redact.URL(rawURL)}
 		if err := pool.QueryRow(ctx, "SELECT current_database()").Scan(&t.database); err != nil {
-			return wrapURL(rawURL, err, "migrate")
+			return redact.Wrap(rawURL, err, "migrate")
 		}
 		if t.p, err = db.NewProvider(pool); err != nil {
 			return err
 		}
 		defer t.p.Close()
 		if err := fn(ctx, e, t); err != nil {
-			return wrapURL(rawURL, err, "migrate")
+			return redact.Wrap(rawURL, err, "migrate")
 		}
 		return nil
 	}

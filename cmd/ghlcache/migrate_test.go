@@ -12,9 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/db"
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
-	"github.com/ghl-agency/ghlcache/internal/bench"
 )
 
 // migrationNames returns the embedded migration files, oldest first.

@@ -26,13 +26,13 @@ func openPool(ctx context.Context, rawURL string) (*pgxpool.Pool, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, wrapURL(rawURL, err, "postgres %s", redactURL(rawURL))
+		return nil, redact.Wrap(rawURL, err, "postgres %s", redact.URL(rawURL))
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, cfg.ConnConfig.ConnectTimeout)
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, wrapURL(rawURL, err, "connect to postgres %s", redactURL(rawURL))
+		return nil, redact.Wrap(rawURL, err, "connect to postgres %s", redact.URL(rawURL))
 	}
 	return pool, nil
 }
@@ -52,5 +52,5 @@ func parsePoolConfig(rawURL string) (*pgxpool.Config, error) {
 // never quote the input; the parser's own text (pgx and go-redis quote the
 // input in it) is not repeated.
 func invalidURL(what, rawURL string, err error) error {
-	return redact.WithText(fmt.Sprintf("invalid %s URL %s: %s", what, redactURL(rawURL), redact.Reason(rawURL, err)), err)
+	return redact.WithText(fmt.Sprintf("invalid %s URL %s: %s", what, redact.URL(rawURL), redact.Reason(rawURL, err)), err)
 }

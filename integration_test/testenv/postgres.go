@@ -19,6 +19,8 @@ import (
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
 	"github.com/ghl-agency/ghlcache/db"
+	"github.com/ghl-agency/ghlcache/internal/localservices"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 var (
@@ -121,7 +123,7 @@ var (
 
 // baseDatabaseURL returns a URL of the Postgres server to create test
 // databases on: TEST_DATABASE_URL, else the local server if it answers
-// (LocalDatabaseURL), else a testcontainers Postgres.
+// (localservices.DatabaseURL), else a testcontainers Postgres.
 func baseDatabaseURL(t testing.TB) string {
 	t.Helper()
 	baseOnce.Do(func() {
@@ -132,7 +134,7 @@ func baseDatabaseURL(t testing.TB) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if localPostgresAnswers(ctx) {
-			baseURL = LocalDatabaseURL
+			baseURL = localservices.DatabaseURL
 			return
 		}
 		if err := dockerHealthy(ctx); err != nil {
@@ -184,14 +186,10 @@ func setupPostgres(t testing.TB) {
 	}
 }
 
-// LocalDatabaseURL is the Postgres tests use when TEST_DATABASE_URL is unset
-// and it answers: the conventional local server with trust authentication.
-const LocalDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-
 func localPostgresAnswers(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, LocalDatabaseURL)
+	conn, err := pgx.Connect(ctx, localservices.DatabaseURL)
 	if err != nil {
 		return false
 	}
@@ -204,7 +202,7 @@ func localPostgresAnswers(ctx context.Context) bool {
 func createDatabase(ctx context.Context, base string) (string, func(context.Context) error, error) {
 	conn, err := pgx.Connect(ctx, base)
 	if err != nil {
-		return "", nil, fmt.Errorf("connect %s: %w", Redact(base), err)
+		return "", nil, fmt.Errorf("connect %s: %w", redact.URL(base), err)
 	}
 	defer conn.Close(ctx)
 	var b [6]byte
@@ -215,7 +213,7 @@ func createDatabase(ctx context.Context, base string) (string, func(context.Cont
 	}
 	u, err := url.Parse(base)
 	if err != nil {
-		return "", nil, fmt.Errorf("parse %s: %w", Redact(base), err)
+		return "", nil, fmt.Errorf("parse %s: %w", redact.URL(base), err)
 	}
 	u.Path = "/" + name
 	drop := func(ctx context.Context) error {
@@ -228,15 +226,6 @@ func createDatabase(ctx context.Context, base string) (string, func(context.Cont
 		return err
 	}
 	return u.String(), drop, nil
-}
-
-// Redact returns rawURL with any password replaced by "xxxxx".
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "<unparseable url>"
-	}
-	return u.Redacted()
 }
 
 var idSeq atomic.Int64

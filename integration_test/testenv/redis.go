@@ -14,6 +14,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
+
+	"github.com/ghl-agency/ghlcache/internal/localservices"
+	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
 var (
@@ -23,7 +26,7 @@ var (
 )
 
 // RedisURL returns the URL of the shared test Redis: TEST_REDIS_URL, else
-// the local Redis if it answers (LocalRedisURL), else a testcontainers Redis. Tests must not FLUSHDB it; they use [Prefix].
+// the local Redis if it answers (localservices.RedisURL), else a testcontainers Redis. Tests must not FLUSHDB it; they use [Prefix].
 func RedisURL(t testing.TB) string {
 	t.Helper()
 	redisOnce.Do(func() {
@@ -34,7 +37,7 @@ func RedisURL(t testing.TB) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if localRedisAnswers(ctx) {
-			redisURL = LocalRedisURL
+			redisURL = localservices.RedisURL
 			return
 		}
 		if err := dockerHealthy(ctx); err != nil {
@@ -55,14 +58,10 @@ func RedisURL(t testing.TB) string {
 	return redisURL
 }
 
-// LocalRedisURL is the Redis tests use when TEST_REDIS_URL is unset and it
-// answers. Tests only touch keys under their own prefixes there.
-const LocalRedisURL = "redis://127.0.0.1:6379/0"
-
 func localRedisAnswers(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", DialTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
+	rdb := redis.NewClient(&redis.Options{Addr: localservices.RedisAddr, DialTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
 	defer rdb.Close()
 	return rdb.Ping(ctx).Err() == nil
 }
@@ -73,7 +72,7 @@ func Redis(t testing.TB) *redis.Client {
 	t.Helper()
 	opts, err := redis.ParseURL(RedisURL(t))
 	if err != nil {
-		t.Fatalf("testenv: parse redis url %s: %v", Redact(RedisURL(t)), err)
+		t.Fatalf("testenv: parse redis url %s: %v", redact.URL(RedisURL(t)), err)
 	}
 	opts.ContextTimeoutEnabled = true
 	rdb := redis.NewClient(opts)

@@ -205,25 +205,12 @@ func (s *ghlcacheSystem) Add(ctx context.Context, k Key, amount int64) (credits.
 // Quiesce sweeps the outbox until it is empty (bounded by ctx): every
 // invalidation has then reached Redis.
 func (s *ghlcacheSystem) Quiesce(ctx context.Context) error {
-	for {
-		// While Redis is unreachable or the breaker open, a sweep fails;
-		// keep trying (the breaker's probe is one of these calls).
-		if err := s.repo.Sweep(ctx); err != nil && !errors.Is(err, cachelayer.ErrUnavailable) {
-			return err
-		}
-		st, err := s.repo.OutboxStats(ctx)
-		if err != nil {
-			return err
-		}
-		if st.Depth == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("outbox not empty (%d rows): %w", st.Depth, ctx.Err())
-		case <-time.After(10 * time.Millisecond): // poll, bounded by ctx
-		}
-	}
+	d := Drainer{Poll: 10 * time.Millisecond, Outboxes: []Outbox{{
+		Sweep: s.repo.Sweep,
+		Depth: func(ctx context.Context) (int64, error) { st, err := s.repo.OutboxStats(ctx); return st.Depth, err },
+	}}}
+	_, err := d.Drain(ctx)
+	return err
 }
 
 // Stats returns the cache's counters.

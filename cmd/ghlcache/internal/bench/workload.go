@@ -43,13 +43,10 @@ type MixedLoad struct {
 	Seed          uint64
 }
 
-// maxErrors stops a workload early: something is wrong, not slow.
-const maxErrors = 100
-
-// Run runs the workload: reads with read, writes with write (nil when
-// WriteFraction is 0). Stale reads are counted: each key's last completed
-// write's version is known, and a read that starts after it must not return
-// an older one.
+// Run runs the workload on the engine (Workload): reads with read, writes
+// with write (nil when WriteFraction is 0). Stale reads are counted
+// (Freshness): each key's last completed write's version is known, and a
+// read that starts after it must not return an older one.
 func (l MixedLoad) Run(ctx context.Context, read ReadFunc, write func(ctx context.Context, k Key) (credits.Balance, error)) (*LoadResult, error) {
 	if len(l.Keys) == 0 || l.Goroutines < 1 || l.Duration <= 0 {
 		return nil, errors.New("bench: a workload needs keys, goroutines and a duration")
@@ -58,82 +55,49 @@ func (l MixedLoad) Run(ctx context.Context, read ReadFunc, write func(ctx contex
 	if s == 0 {
 		s = DefaultZipfS
 	}
-	written := make([]atomic.Int64, len(l.Keys)) // highest version a completed write returned
-	ctx, cancel := context.WithTimeout(ctx, l.Duration)
-	defer cancel()
-
-	results := make([]LoadResult, l.Goroutines)
-	var firstErr atomic.Pointer[error]
-	var errCount atomic.Int64
-	var wg sync.WaitGroup
-	meter := StartCPU()
-	for g := range l.Goroutines {
-		wg.Go(func() {
-			res := &results[g]
-			z := NewZipf(len(l.Keys), s, l.Seed+uint64(g)*7919)
-			for ctx.Err() == nil {
-				i := z.Next()
-				k := l.Keys[i]
-				if l.WriteFraction > 0 && z.Float64() < l.WriteFraction {
-					start := time.Now()
-					b, err := write(ctx, k)
-					if err == nil {
-						res.WriteLatency.Record(time.Since(start))
-						res.Writes++
-						for v := written[i].Load(); b.Version > v && !written[i].CompareAndSwap(v, b.Version); v = written[i].Load() {
-						}
-						continue
-					}
-					if ctx.Err() == nil {
-						res.Errors++
-						recordErr(&firstErr, &errCount, err, cancel)
-					}
-					continue
-				}
-				want := written[i].Load()
-				start := time.Now()
-				b, err := read(ctx, k)
-				d := time.Since(start)
-				if err != nil {
-					if ctx.Err() == nil {
-						res.Errors++
-						recordErr(&firstErr, &errCount, err, cancel)
-					}
-					continue
-				}
-				res.ReadLatency.Record(d)
-				res.Reads++
-				if b.Version < want {
-					res.StaleReads++
-				}
+	fresh := NewFreshness(len(l.Keys))
+	if l.WriteFraction >= 1 {
+		return nil, errors.New("bench: a workload needs reads (WriteFraction < 1)")
+	}
+	ops := []Op{{Name: "read", Weight: 1 - l.WriteFraction, Start: func(seed uint64) func(context.Context) error {
+		z := NewZipf(len(l.Keys), s, seed)
+		return func(ctx context.Context) error {
+			i := z.Next()
+			floor := fresh.Begin(i)
+			b, err := read(ctx, l.Keys[i])
+			if err == nil {
+				fresh.Read(floor, b.Version)
 			}
-		})
+			return err
+		}
+	}}}
+	if l.WriteFraction > 0 {
+		ops = append(ops, Op{Name: "write", Weight: l.WriteFraction, Start: func(seed uint64) func(context.Context) error {
+			z := NewZipf(len(l.Keys), s, seed)
+			return func(ctx context.Context) error {
+				i := z.Next()
+				b, err := write(ctx, l.Keys[i])
+				if err == nil {
+					fresh.Wrote(i, b.Version)
+				}
+				return err
+			}
+		}})
 	}
-	wg.Wait()
-	total := &LoadResult{CPU: meter.Stop()}
-	for i := range results {
-		r := &results[i]
-		total.Reads += r.Reads
-		total.Writes += r.Writes
-		total.Errors += r.Errors
-		total.StaleReads += r.StaleReads
-		total.ReadLatency.Merge(&r.ReadLatency)
-		total.WriteLatency.Merge(&r.WriteLatency)
+	w := Workload{Duration: l.Duration, Seed: l.Seed, Groups: []Group{{Goroutines: l.Goroutines, Ops: ops}}}
+	r, err := w.Run(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if p := firstErr.Load(); p != nil && errCount.Load() >= maxErrors {
-		return total, fmt.Errorf("bench: %d errors, the first: %w", errCount.Load(), *p)
+	reads, writes := r.Op("read"), r.Op("write")
+	total := &LoadResult{
+		Reads: reads.Done, Writes: writes.Done, Errors: r.Failed, StaleReads: fresh.Stale(),
+		ReadLatency: reads.Latency, WriteLatency: writes.Latency, CPU: r.CPU,
 	}
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return total, err
+	if r.Stopped {
+		return total, fmt.Errorf("bench: %d errors, the first: %w", r.Failed, r.FirstErr)
 	}
 	return total, nil
-}
-
-func recordErr(first *atomic.Pointer[error], n *atomic.Int64, err error, stop context.CancelFunc) {
-	first.CompareAndSwap(nil, &err)
-	if n.Add(1) >= maxErrors {
-		stop()
-	}
 }
 
 // StampedeResult is what one cold-key stampede measured.
@@ -199,49 +163,35 @@ type StalenessResult struct {
 func StalenessProbe(ctx context.Context, instances []System, truth ReadFunc, keys []Key, writers, readers int, d time.Duration, seed uint64) (StalenessResult, error) {
 	res := StalenessResult{Keys: len(keys)}
 	touched := make([]atomic.Bool, len(keys))
-	var writes, reads atomic.Int64
-	runCtx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	var firstErr atomic.Pointer[error]
-	var errCount atomic.Int64
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Go(func() {
-			sys := instances[w%len(instances)]
-			z := NewZipf(len(keys), 1.01, seed+uint64(w)*104729)
-			for runCtx.Err() == nil {
-				i := z.IntN(len(keys))
-				if _, err := sys.Add(runCtx, keys[i], 1); err != nil {
-					if runCtx.Err() == nil {
-						recordErr(&firstErr, &errCount, err, cancel)
-					}
-					continue
-				}
-				touched[i].Store(true)
-				writes.Add(1)
+	// Uniform key choice (IntN), so that every key sees writes and fills.
+	write := Op{Name: "write", Weight: 1, Start: func(seed uint64) func(context.Context) error {
+		z := NewZipf(len(keys), 1.01, seed)
+		return func(ctx context.Context) error {
+			i := z.IntN(len(keys))
+			sys := instances[z.IntN(len(instances))]
+			if _, err := sys.Add(ctx, keys[i], 1); err != nil {
+				return err
 			}
-		})
+			touched[i].Store(true)
+			return nil
+		}
+	}}
+	read := Op{Name: "read", Weight: 1, Start: func(seed uint64) func(context.Context) error {
+		z := NewZipf(len(keys), 1.01, seed)
+		return func(ctx context.Context) error {
+			_, err := instances[z.IntN(len(instances))].Balance(ctx, keys[z.IntN(len(keys))])
+			return err
+		}
+	}}
+	w := Workload{Duration: d, Seed: seed, Groups: []Group{{Goroutines: writers, Ops: []Op{write}}, {Goroutines: readers, Ops: []Op{read}}}}
+	r, err := w.Run(ctx)
+	if err != nil {
+		return res, err
 	}
-	for r := range readers {
-		wg.Go(func() {
-			sys := instances[r%len(instances)]
-			z := NewZipf(len(keys), 1.01, seed+uint64(r)*15485863+1)
-			for runCtx.Err() == nil {
-				if _, err := sys.Balance(runCtx, keys[z.IntN(len(keys))]); err != nil {
-					if runCtx.Err() == nil {
-						recordErr(&firstErr, &errCount, err, cancel)
-					}
-					continue
-				}
-				reads.Add(1)
-			}
-		})
+	if r.Stopped {
+		return res, fmt.Errorf("staleness probe: %d errors, the first: %w", r.Failed, r.FirstErr)
 	}
-	wg.Wait()
-	if p := firstErr.Load(); p != nil && errCount.Load() >= maxErrors {
-		return res, fmt.Errorf("staleness probe: %d errors, the first: %w", errCount.Load(), *p)
-	}
-	res.Writes, res.Reads = writes.Load(), reads.Load()
+	res.Writes, res.Reads = r.Op("write").Done, r.Op("read").Done
 	qctx, qcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer qcancel()
 	for _, sys := range instances {
@@ -249,28 +199,34 @@ func StalenessProbe(ctx context.Context, instances []System, truth ReadFunc, key
 			return res, fmt.Errorf("staleness probe: quiesce: %w", err)
 		}
 	}
-	for i, k := range keys {
+	for i := range touched {
 		if touched[i].Load() {
 			res.Written++
 		}
-		want, err := truth(ctx, k)
+	}
+	// Read every key through every instance, one key at a time per
+	// worker, and hold each copy against Postgres.
+	cmp, err := Compare(ctx, len(keys), func(ctx context.Context, i int) (int, []string, error) {
+		want, err := truth(ctx, keys[i])
 		if err != nil {
-			return res, fmt.Errorf("staleness probe: %w", err)
+			return 0, nil, err
 		}
-		stale := false
-		for _, sys := range instances {
-			got, err := sys.Balance(ctx, k)
+		var diffs []string
+		for n, sys := range instances {
+			got, err := sys.Balance(ctx, keys[i])
 			if err != nil {
-				return res, fmt.Errorf("staleness probe: %w", err)
+				return 0, nil, err
 			}
 			if got.Amount != want.Amount || got.Version != want.Version {
-				res.StaleCopies++
-				stale = true
+				diffs = append(diffs, fmt.Sprintf("%s on instance %d: %d (version %d), Postgres %d (version %d)",
+					credits.Key(keys[i].UserID, keys[i].Type), n, got.Amount, got.Version, want.Amount, want.Version))
 			}
 		}
-		if stale {
-			res.StaleKeys++
-		}
+		return len(instances), diffs, nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("staleness probe: %w", err)
 	}
+	res.StaleKeys, res.StaleCopies = cmp.StaleKeys, cmp.Mismatches
 	return res, nil
 }

@@ -3,8 +3,10 @@
 // a pgx tracer that counts queries, the peer caches ghlcache is compared
 // with, and the workloads that drive them.
 //
-// It is the only package besides the CLI that imports the peer library
-// (github.com/go-redis/cache/v9); the library packages never do.
+// It lives under the CLI (cmd/ghlcache/internal), so that only the CLI can
+// import it: it is the only package besides the CLI that imports the peer
+// library (github.com/go-redis/cache/v9), and no library package depends
+// on it.
 //
 // Every workload is bounded (by a duration or an operation count) and only
 // talks to the Postgres and Redis it is given, which the CLI points at

@@ -69,11 +69,6 @@ func TestZipf(t *testing.T) {
 	}
 }
 
-func TestEscapeGlob(t *testing.T) {
-	t.Parallel()
-	require.Equal(t, `ghl:a\*b\?c\[d\]e\\f:`, EscapeGlob(`ghl:a*b?c[d]e\f:`))
-}
-
 func TestInfoField(t *testing.T) {
 	t.Parallel()
 	info := "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"

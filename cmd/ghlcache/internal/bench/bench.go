@@ -3,7 +3,6 @@ package bench
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/db"
 )
@@ -232,9 +232,15 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 
 	// Every system, nInst instances each, under a prefix of its own.
 	runID := fmt.Sprintf("%x:", time.Now().UnixNano()&0xffffffff)
-	cleaner := redis.NewClient(cfg.RedisOptions)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cleanerClient := redis.NewClient(cfg.RedisOptions)
+	defer cleanerClient.Close()
+	cleaner := cachelayer.New(cleanerClient, &cachelayer.Config{Prefix: cfg.Prefix, Logger: logger})
 	defer cleaner.Close()
-	defer func() { _ = deletePrefix(context.WithoutCancel(ctx), cleaner, cfg.Prefix+runID) }()
+	defer func() { _, _ = cleaner.DeletePrefix(context.WithoutCancel(ctx), runID) }()
 	systems := make(map[Kind][]System, nSys)
 	defer func() {
 		for _, insts := range systems {
@@ -468,28 +474,15 @@ func warm(ctx context.Context, keys []Key, truth ReadFunc, systems map[Kind][]Sy
 		}
 	}
 	for ri, read := range readers {
-		errs := make(chan error, 16)
-		for w := range 16 {
-			go func() {
-				for i := w; i < len(keys); i += 16 {
-					b, err := read(ctx, keys[i])
-					if err != nil {
-						errs <- err
-						return
-					}
-					if ri == 0 {
-						bals[i] = b
-					}
-				}
-				errs <- nil
-			}()
-		}
-		var first error
-		for range 16 {
-			first = cmp.Or(first, <-errs)
-		}
-		if first != nil {
-			return nil, fmt.Errorf("bench: warm caches: %w", first)
+		err := ForEach(ctx, len(keys), 16, nil, func(ctx context.Context, i int) error {
+			b, err := read(ctx, keys[i])
+			if ri == 0 {
+				bals[i] = b
+			}
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bench: warm caches: %w", err)
 		}
 	}
 	return bals, nil
@@ -518,40 +511,6 @@ func InfoField(info, field string) string {
 		}
 	}
 	return ""
-}
-
-// deletePrefix deletes every key under prefix (SCAN and UNLINK).
-func deletePrefix(ctx context.Context, rdb *redis.Client, prefix string) error {
-	iter := rdb.Scan(ctx, 0, EscapeGlob(prefix)+"*", 1000).Iterator()
-	var batch []string
-	var errs []error
-	flush := func() {
-		if len(batch) > 0 {
-			errs = append(errs, rdb.Unlink(ctx, batch...).Err())
-			batch = batch[:0]
-		}
-	}
-	for iter.Next(ctx) {
-		batch = append(batch, iter.Val())
-		if len(batch) == 500 {
-			flush()
-		}
-	}
-	flush()
-	return errors.Join(append(errs, iter.Err())...)
-}
-
-// EscapeGlob escapes the glob characters of SCAN MATCH in s, so that
-// EscapeGlob(p)+"*" matches exactly the keys that start with p.
-func EscapeGlob(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`\*?[]`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 func systemSlug(k Kind) string {
