@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,13 +59,20 @@ func TestCachedCreditsHistory(t *testing.T) {
 	)
 	base := time.Now()
 	now := func() int64 { return time.Since(base).Nanoseconds() }
-	const clients, runFor = 8, 3 * time.Second
+	// Run for runFor, and on until minOps operations are done (a busy
+	// 2-core machine is slow), but never past maxRun.
+	const clients, runFor, minOps, maxRun = 8, 3 * time.Second, 600, 30 * time.Second
+	var ops atomic.Int64
+	more := func() bool {
+		el := time.Since(base)
+		return el < runFor || (ops.Load() < minOps && el < maxRun)
+	}
 	var wg sync.WaitGroup
 	for c := range clients {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(c), 7))
 			inst := insts[c%len(insts)]
-			for time.Since(base) < runFor {
+			for more() {
 				user := users[r.IntN(len(users))]
 				in := histInput{user: user, amount: 1 + r.Int64N(9)}
 				switch p := r.IntN(10); {
@@ -106,6 +114,7 @@ func TestCachedCreditsHistory(t *testing.T) {
 				}
 				history = append(history, porcupine.Operation{ClientId: c, Input: in, Call: call, Output: out, Return: ret})
 				mu.Unlock()
+				ops.Add(1)
 			}
 		})
 	}
