@@ -32,7 +32,8 @@ func (e *env) newProgress(total int, desc string) *progress {
 		progressbar.OptionShowElapsedTimeOnFinish(),
 		progressbar.OptionSetPredictTime(false),
 		progressbar.OptionClearOnFinish(),
-		progressbar.OptionThrottle(100_000_000), // 100 ms
+		// No throttle: callers move the bar a few hundred times at most,
+		// and a throttled bar would skip a short stage's description.
 	)}
 }
 
