@@ -158,10 +158,7 @@ func TestSlowLoadKeepsItsLease(t *testing.T) {
 	if st := a.Stats(); st.StaleFillsRejected != 0 {
 		t.Errorf("StaleFillsRejected %d: nothing invalidated the key", st.StaleFillsRejected)
 	}
-	var got row
-	if found, err := a.Get(ctx, "k", &got); err != nil || !found || got != sampleRow(1) {
-		t.Errorf("after the slow load Redis holds %+v (found %v, %v)", got, found, err)
-	}
+	requireHolds(ctx, t, a, "k", sampleRow(1), "after the slow load")
 }
 
 // TestReloadHasItsOwnLoadTimeout: the reload after a rejected fill gets a
@@ -306,10 +303,7 @@ func TestSkipRedisSharesOneLoad(t *testing.T) {
 	if l := loads.Load(); l != 2 {
 		t.Fatalf("%d concurrent SkipRedis reads cost %d loads, want 2", n, l)
 	}
-	var got row
-	if found, err := c.Get(ctx, "k", &got); err != nil || !found || got != sampleRow(1) {
-		t.Fatalf("SkipRedis reads touched Redis: %+v %v %v", got, found, err)
-	}
+	requireHolds(ctx, t, c, "k", sampleRow(1), "SkipRedis reads must not touch Redis")
 }
 
 // TestSkipRedisNeverTakesAnOlderLoad: a SkipRedis read that begins while

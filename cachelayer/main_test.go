@@ -149,3 +149,12 @@ func fetchAsync(ctx context.Context, t testing.TB, c *Cache, key string, load fu
 	}()
 	return ch
 }
+
+// requireHolds fails t unless Redis holds want under key.
+func requireHolds(ctx context.Context, t testing.TB, c *Cache, key string, want row, what string) {
+	t.Helper()
+	var got row
+	if found, err := c.Get(ctx, key, &got); err != nil || !found || got != want {
+		t.Fatalf("%s: Redis holds %+v (found %v, %v), want %+v", what, got, found, err, want)
+	}
+}
