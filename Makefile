@@ -13,7 +13,7 @@ MODULES := . cmd/ghlcache integration_test
 each = set -e; for m in $(MODULES); do echo "== $$m: $(1)"; (cd $$m && $(1)); done
 
 .DEFAULT_GOAL := help
-.PHONY: help generate verify build test lint migrate
+.PHONY: help generate verify build test test-each lint migrate
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,12 @@ build: ## compile every package of every module and the CLI into bin/ghlcache
 	go build -o bin/ghlcache ./cmd/ghlcache
 
 test: ## run every module's tests (services: TEST_DATABASE_URL/TEST_REDIS_URL, the local servers, or Docker)
+	@go run ./integration_test/cmd/services $(MAKE) --no-print-directory test-each
+
+# test-each runs the tests of every module with the services as they are;
+# test wraps it in integration_test/cmd/services, which starts containers
+# for services nothing else provides and hands their URLs to every module.
+test-each:
 	@$(call each,go test $(GO_TEST_FLAGS) ./...)
 
 lint: ## go vet and staticcheck (2026.2.2) in every module

@@ -30,6 +30,10 @@ func Main(m *testing.M) int {
 	return testsvc.Main(m)
 }
 
+// StartFunc starts a service and returns its URL and a function that
+// removes it (the shape of testsvc.Fallback).
+type StartFunc = func(ctx context.Context) (url string, stop func(context.Context) error, err error)
+
 // StartPostgres starts a Postgres container (user and password postgres,
 // database postgres) and returns its URL and a function that removes it.
 func StartPostgres(ctx context.Context) (string, func(context.Context) error, error) {
