@@ -12,7 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // Tests of interleavings that broke a promise of doc.go once. Each fails
@@ -64,10 +64,10 @@ func (f *failOnceClient) Get(ctx context.Context, key string) *redis.StringCmd {
 func TestFallbackFlightNotTakenByAFreshReader(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	prefix := testenv.Prefix(t)
-	fc := &failOnceClient{Client: testenv.Redis(t)}
+	prefix := testsvc.Prefix(t)
+	fc := &failOnceClient{Client: testsvc.Redis(t)}
 	a := cacheOn(t, fc, &Config{Prefix: prefix, BreakerFailures: 100})
-	b := cacheOn(t, testenv.Redis(t), &Config{Prefix: prefix})
+	b := cacheOn(t, testsvc.Redis(t), &Config{Prefix: prefix})
 
 	var source atomic.Int64 // the source of truth
 	source.Store(1)
@@ -113,10 +113,10 @@ func TestFallbackFlightNotTakenByAFreshReader(t *testing.T) {
 func TestSlowLoadKeepsItsLease(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	cfg := &Config{Prefix: prefix, LeaseTTL: 150 * time.Millisecond, LeaseWait: 10 * time.Second, LoadTimeout: 10 * time.Second}
-	a := cacheOn(t, testenv.Redis(t), cfg)
-	b := cacheOn(t, testenv.Redis(t), cfg)
+	a := cacheOn(t, testsvc.Redis(t), cfg)
+	b := cacheOn(t, testsvc.Redis(t), cfg)
 
 	renewed := make(chan struct{}, 100)
 	a.hookLeaseRenewed = func(string) { renewed <- struct{}{} }
@@ -350,9 +350,9 @@ func TestSkipRedisNeverTakesAnOlderLoad(t *testing.T) {
 // that never answers).
 func TestHotKeyWaitsOnceWhenRedisHangs(t *testing.T) {
 	t.Parallel()
-	hole := testenv.StartBlackHole(t)
+	hole := testsvc.StartBlackHole(t)
 	rdb := redis.NewClient(&redis.Options{Addr: hole.Addr, MaxRetries: -1, ReadTimeout: 30 * time.Second, DialTimeout: time.Second})
-	c := New(rdb, &Config{Prefix: testenv.Prefix(t), OpTimeout: 100 * time.Millisecond, Logger: (&logBuffer{}).logger()})
+	c := New(rdb, &Config{Prefix: testsvc.Prefix(t), OpTimeout: 100 * time.Millisecond, Logger: (&logBuffer{}).logger()})
 	t.Cleanup(func() { _ = c.Close() })
 	t.Cleanup(func() { _ = rdb.Close() }) // first: unblocks the hung GETs
 	load := func(context.Context) (row, error) { return sampleRow(1), nil }
@@ -469,7 +469,7 @@ type wrappedClient struct{ redis.UniversalClient }
 func TestDeletePrefixOnUnknownClientLeavesBreakerUsable(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	proxy := testenv.StartProxy(t, testenv.Redis(t).Options().Addr)
+	proxy := testsvc.StartProxy(t, testsvc.Redis(t).Options().Addr)
 	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ContextTimeoutEnabled: true, MaxRetries: -1,
 		DialTimeout: 200 * time.Millisecond, DialerRetries: 1})
 	t.Cleanup(func() { _ = rdb.Close() })

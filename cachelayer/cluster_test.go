@@ -10,7 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // The lease, fill, delete, counter and prefix-delete paths on a real Redis
@@ -21,7 +21,7 @@ func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-master Redis Cluster")
 	}
-	cluster := testenv.StartCluster(t, 3)
+	cluster := testsvc.StartCluster(t, 3)
 	cc := cluster.Client()
 	c := New(cc, &Config{Prefix: "ghl:", OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = c.Close() })

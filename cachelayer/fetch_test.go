@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func TestFetchMissThenHit(t *testing.T) {
@@ -98,7 +98,7 @@ func TestFetchFourInstancesOneLoad(t *testing.T) {
 	first, _ := realCache(t, &Config{LeaseWait: 10 * time.Second, OpTimeout: 5 * time.Second})
 	caches := []*Cache{first}
 	for range 3 {
-		rdb := testenv.Redis(t) // a client (connection pool) of its own
+		rdb := testsvc.Redis(t) // a client (connection pool) of its own
 		caches = append(caches, cacheOn(t, rdb, &Config{Prefix: first.prefix, LeaseWait: 10 * time.Second, OpTimeout: 5 * time.Second}))
 	}
 	ctx := ctxT(t, 30*time.Second)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // heldGetClient is a real client whose first GET is executed at once (so it
@@ -38,7 +38,7 @@ func (h *heldGetClient) Get(ctx context.Context, key string) *redis.StringCmd {
 func TestGetRoundsNeverShareAnOlderReply(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	h := &heldGetClient{Client: testenv.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+	h := &heldGetClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
 	c := cacheOn(t, h, nil)
 	if err := c.Set(ctx, "k", sampleRow(1), time.Minute); err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func TestGetRoundsNeverShareAnOlderReply(t *testing.T) {
 func TestGetRoundsCoalesceHotKey(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	h := &heldGetClient{Client: testenv.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+	h := &heldGetClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
 	close(h.release)
 	c := cacheOn(t, h, &Config{OpTimeout: 2 * time.Second})
 	if err := c.Set(ctx, "hot", sampleRow(3), time.Minute); err != nil {
@@ -135,9 +135,9 @@ func TestGetRoundsCoalesceHotKey(t *testing.T) {
 func TestJoinedFlightMustBeFresh(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	prefix := testenv.Prefix(t)
-	a := cacheOn(t, testenv.Redis(t), &Config{Prefix: prefix})
-	b := cacheOn(t, testenv.Redis(t), &Config{Prefix: prefix})
+	prefix := testsvc.Prefix(t)
+	a := cacheOn(t, testsvc.Redis(t), &Config{Prefix: prefix})
+	b := cacheOn(t, testsvc.Redis(t), &Config{Prefix: prefix})
 
 	filled, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once

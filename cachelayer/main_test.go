@@ -13,11 +13,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func TestMain(m *testing.M) {
-	code := testenv.Main(m)
+	code := testsvc.Main(m)
 	if code == 0 {
 		// No goroutine may outlive the tests: flights, Health probes and
 		// fills all end by Close. go-redis's own dial prober sleeps up to 1 s
@@ -49,7 +49,7 @@ func sampleRow(n int64) row {
 // t's own (keys deleted when t ends), closed when t ends. cfg may be nil.
 func realCache(t testing.TB, cfg *Config) (*Cache, *redis.Client) {
 	t.Helper()
-	rdb := testenv.Redis(t)
+	rdb := testsvc.Redis(t)
 	return cacheOn(t, rdb, cfg), rdb
 }
 
@@ -61,7 +61,7 @@ func cacheOn(t testing.TB, rdb redis.UniversalClient, cfg *Config) *Cache {
 		conf = *cfg
 	}
 	if conf.Prefix == "" {
-		conf.Prefix = testenv.Prefix(t)
+		conf.Prefix = testsvc.Prefix(t)
 	}
 	c := New(rdb, &conf)
 	t.Cleanup(func() { _ = c.Close() })

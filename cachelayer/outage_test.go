@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // checkCallByCall runs every call of DESIGN rule 10 on c, whose Redis is
@@ -101,7 +101,7 @@ func TestCallByCallNoCache(t *testing.T) {
 
 func TestCallByCallRedisFailing(t *testing.T) {
 	t.Parallel()
-	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", testenv.FreePort(t)) // nothing listens there
+	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", testsvc.FreePort(t)) // nothing listens there
 	t.Run("failing", func(t *testing.T) {
 		t.Parallel()
 		c, err := Open(context.Background(), dead, &Config{BreakerFailures: 1000})
@@ -161,7 +161,7 @@ const (
 
 func TestRedisDownReadsFallBack(t *testing.T) {
 	t.Parallel()
-	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", testenv.FreePort(t))
+	dead := fmt.Sprintf("redis://127.0.0.1:%d/0", testsvc.FreePort(t))
 	c, err := Open(context.Background(), dead, &Config{OpTimeout: testOpTimeout})
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func TestRedisDownReadsFallBack(t *testing.T) {
 
 func TestRedisHungBlackHole(t *testing.T) {
 	t.Parallel()
-	hole := testenv.StartBlackHole(t)
+	hole := testsvc.StartBlackHole(t)
 	c, err := Open(context.Background(), "redis://"+hole.Addr+"/0", &Config{OpTimeout: testOpTimeout})
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +221,7 @@ func waitForHits(t *testing.T, c *Cache, key string) time.Duration {
 
 func TestRedisPausedThenResumed(t *testing.T) {
 	t.Parallel()
-	s := testenv.StartRedis(t)
+	s := testsvc.StartRedis(t)
 	c, err := Open(context.Background(), s.URL(), &Config{OpTimeout: testOpTimeout})
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +255,7 @@ func TestRedisPausedThenResumed(t *testing.T) {
 
 func TestRedisKilledMidLoadAndRestarted(t *testing.T) {
 	t.Parallel()
-	s := testenv.StartRedis(t)
+	s := testsvc.StartRedis(t)
 	c, err := Open(context.Background(), s.URL(), &Config{OpTimeout: testOpTimeout})
 	if err != nil {
 		t.Fatal(err)
@@ -308,7 +308,7 @@ func TestRedisKilledMidLoadAndRestarted(t *testing.T) {
 func TestNewWarnsWithoutContextTimeout(t *testing.T) {
 	t.Parallel()
 	var logged logBuffer
-	rdb := testenv.StartRedis(t).Client()
+	rdb := testsvc.StartRedis(t).Client()
 	_ = New(rdb, &Config{Logger: logged.logger()}) // has ContextTimeoutEnabled
 	if logged.String() != "" {
 		t.Fatalf("unexpected warning: %s", logged.String())
@@ -327,7 +327,7 @@ func TestNewWarnsWithoutContextTimeout(t *testing.T) {
 // is skipped at once while the breaker is open.
 func TestDeleteUsesInvalidateTimeout(t *testing.T) {
 	t.Parallel()
-	s := testenv.StartRedis(t)
+	s := testsvc.StartRedis(t)
 	c, err := Open(context.Background(), s.URL(), &Config{
 		OpTimeout: 50 * time.Millisecond, InvalidateTimeout: 400 * time.Millisecond, BreakerFailures: 1,
 	})

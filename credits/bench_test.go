@@ -10,15 +10,15 @@ import (
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // benchRepos returns a store and a user with a balance for the read
 // benchmarks.
 func benchUser(b *testing.B) (*credits.Store, int64) {
 	b.Helper()
-	store := credits.NewStore(testenv.Pool(b))
-	user := testenv.NewID()
+	store := credits.NewStore(testsvc.Pool(b))
+	user := testsvc.NewID()
 	if _, err := store.Add(context.Background(), credits.Change{UserID: user, Type: enrichment, Amount: 1000}); err != nil {
 		b.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func BenchmarkStoreBalance(b *testing.B) {
 // BenchmarkCachedBalanceHit reads a balance that is in Redis.
 func BenchmarkCachedBalanceHit(b *testing.B) {
 	store, user := benchUser(b)
-	cache := cachelayer.New(testenv.Redis(b), &cachelayer.Config{Prefix: testenv.Prefix(b)})
+	cache := cachelayer.New(testsvc.Redis(b), &cachelayer.Config{Prefix: testsvc.Prefix(b)})
 	b.Cleanup(func() { _ = cache.Close() })
 	repo := credits.NewCached(store, cache, nil)
 	b.Cleanup(func() { _ = repo.Close() })
@@ -67,7 +67,7 @@ func BenchmarkCachedBalanceHit(b *testing.B) {
 func BenchmarkCachedBalanceBreakerOpen(b *testing.B) {
 	store, user := benchUser(b)
 	rdb := redis.NewClient(&redis.Options{
-		Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(b)), ContextTimeoutEnabled: true,
+		Addr: fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(b)), ContextTimeoutEnabled: true,
 		MaxRetries: -1, DialTimeout: 50 * time.Millisecond,
 	})
 	b.Cleanup(func() { _ = rdb.Close() })

@@ -12,14 +12,14 @@ import (
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // instance is one service process: its own pool, Redis client and cache.
 type instance struct {
 	repo   *credits.Cached
 	cache  *cachelayer.Cache
-	tracer *testenv.QueryTracer // counts and holds balance reads
+	tracer *testsvc.QueryTracer // counts and holds balance reads
 }
 
 // newInstance starts an instance on redisAddr (the shared Redis when empty)
@@ -27,11 +27,11 @@ type instance struct {
 // 100 ms unless sweep says otherwise.
 func newInstance(t *testing.T, prefix, redisAddr string, sweep ...time.Duration) *instance {
 	t.Helper()
-	tracer := &testenv.QueryTracer{Match: "FROM credit_balances"}
-	pool := testenv.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
+	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	var rdb *redis.Client
 	if redisAddr == "" {
-		rdb = testenv.Redis(t)
+		rdb = testsvc.Redis(t)
 	} else {
 		rdb = redis.NewClient(&redis.Options{
 			Addr: redisAddr, ContextTimeoutEnabled: true, MaxRetries: -1,
@@ -55,8 +55,8 @@ func newInstance(t *testing.T, prefix, redisAddr string, sweep ...time.Duration)
 func TestCachedReadThroughAndInvalidate(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	a := newInstance(t, testenv.Prefix(t), "")
-	user := testenv.NewID()
+	a := newInstance(t, testsvc.Prefix(t), "")
+	user := testsvc.NewID()
 	_, err := a.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 
@@ -103,9 +103,9 @@ func TestCachedReadThroughAndInvalidate(t *testing.T) {
 func TestCachedStaleSetRace(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	reader, writer := newInstance(t, prefix, ""), newInstance(t, prefix, "")
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := writer.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 
@@ -157,9 +157,9 @@ func TestCachedStaleSetRace(t *testing.T) {
 func TestCachedReadYourWritesAcrossInstances(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	a, b := newInstance(t, prefix, ""), newInstance(t, prefix, "")
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := a.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 10_000})
 	require.NoError(t, err)
 	for i := range 200 {
@@ -187,13 +187,13 @@ func TestCachedStampede(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	for _, n := range []int{1, 4} {
-		prefix := testenv.Prefix(t)
+		prefix := testsvc.Prefix(t)
 		insts := make([]*instance, n)
 		for i := range insts {
 			insts[i] = newInstance(t, prefix, "")
 		}
-		user := testenv.NewID()
-		_, err := credits.NewStore(testenv.Pool(t)).Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 5})
+		user := testsvc.NewID()
+		_, err := credits.NewStore(testsvc.Pool(t)).Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 5})
 		require.NoError(t, err)
 
 		start := make(chan struct{})
@@ -226,11 +226,11 @@ func TestCachedStampede(t *testing.T) {
 // sweeps the whole outbox, so another test's sweeper would repair it early.
 func TestCachedLostInvalidation(t *testing.T) {
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
-	proxy := testenv.StartProxy(t, redisAddr(t))
+	prefix := testsvc.Prefix(t)
+	proxy := testsvc.StartProxy(t, redisAddr(t))
 	reader := newInstance(t, prefix, "", time.Hour) // does not sweep during the test
 	writer := newInstance(t, prefix, proxy.Addr)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := reader.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 	old := mustBalance(ctx, t, reader.repo, user) // cached in Redis now
@@ -241,7 +241,7 @@ func TestCachedLostInvalidation(t *testing.T) {
 	require.NoError(t, err, "a write succeeds whether or not Redis is reachable")
 	require.Equal(t, int64(75), want.Amount)
 	var waiting int
-	require.NoError(t, testenv.Pool(t).QueryRow(ctx,
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx,
 		`SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, prefix+credits.Key(user, enrichment)).Scan(&waiting))
 	require.Equal(t, 1, waiting, "the outbox holds the key")
 	require.Equal(t, want, mustBalance(ctx, t, writer.repo, user), "the writer reads its own write")
@@ -261,7 +261,7 @@ func TestCachedLostInvalidation(t *testing.T) {
 	t.Logf("lost invalidation repaired %v after a new instance started", time.Since(began).Round(time.Millisecond))
 	require.Eventually(t, func() bool {
 		var n int
-		_ = testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`,
+		_ = testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`,
 			prefix+credits.Key(user, enrichment)).Scan(&n)
 		return n == 0
 	}, 3*time.Second, 20*time.Millisecond, "the outbox row is removed")
@@ -274,14 +274,14 @@ func waitOutboxRowsGone(ctx context.Context, t *testing.T, fullKey string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		var n int
-		err := testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n)
+		err := testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n)
 		return err == nil && n == 0
 	}, 10*time.Second, 10*time.Millisecond, "outbox rows of %s removed", fullKey)
 }
 
 func redisAddr(t *testing.T) string {
 	t.Helper()
-	opts, err := redis.ParseURL(testenv.RedisURL(t))
+	opts, err := redis.ParseURL(testsvc.RedisURL(t))
 	require.NoError(t, err)
 	return opts.Addr
 }
@@ -289,7 +289,7 @@ func redisAddr(t *testing.T) string {
 func TestCachedBadInputWritesNothing(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	a := newInstance(t, testenv.Prefix(t), "")
+	a := newInstance(t, testsvc.Prefix(t), "")
 	_, err := a.repo.Balance(ctx, 0, enrichment)
 	require.ErrorIs(t, err, credits.ErrInvalid)
 	_, err = a.repo.Add(ctx, credits.Change{UserID: 1, Type: "Bad Type", Amount: 1})
@@ -306,10 +306,10 @@ func TestCachedBadInputWritesNothing(t *testing.T) {
 func TestCachedPendingReadsShareOneLoad(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
-	proxy := testenv.StartProxy(t, redisAddr(t))
+	prefix := testsvc.Prefix(t)
+	proxy := testsvc.StartProxy(t, redisAddr(t))
 	writer := newInstance(t, prefix, proxy.Addr, time.Hour)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := writer.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 	proxy.Block()

@@ -10,7 +10,7 @@ import (
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // TestCachedCommitReplyLost: the COMMIT of a deduct reaches Postgres and
@@ -21,14 +21,14 @@ import (
 func TestCachedCommitReplyLost(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	lose := &testenv.LostReplyTracer{SQL: "commit"}
-	pool, proxy := testenv.NewPoolThrough(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = lose })
-	cache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: testenv.Prefix(t), OpTimeout: 2 * time.Second})
+	lose := &testsvc.LostReplyTracer{SQL: "commit"}
+	pool, proxy := testsvc.NewPoolThrough(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = lose })
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = cache.Close() })
 	writer := credits.NewCached(credits.NewStore(pool), cache, &credits.CachedConfig{SweepInterval: time.Hour})
 	t.Cleanup(func() { _ = writer.Close() })
 
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := writer.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
 	old := mustBalance(ctx, t, writer, user)
@@ -44,7 +44,7 @@ func TestCachedCommitReplyLost(t *testing.T) {
 	require.ErrorContains(t, err, "commit outcome unknown")
 	require.Equal(t, int64(1), lose.Fired(), "the COMMIT's reply was the one lost")
 
-	committed, err := credits.NewStore(testenv.Pool(t)).Balance(ctx, user, enrichment)
+	committed, err := credits.NewStore(testsvc.Pool(t)).Balance(ctx, user, enrichment)
 	require.NoError(t, err)
 	require.Equal(t, int64(75), committed.Amount, "Postgres did commit")
 	exists, err = cache.Exists(ctx, credits.Key(user, enrichment))
@@ -73,13 +73,13 @@ func TestCachedCommitReplyLost(t *testing.T) {
 // other test's sweeper would remove the row.
 func TestCachedNoCacheWriterLeavesRowForCachedInstances(t *testing.T) {
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	cached := newInstance(t, prefix, "", time.Hour) // sweeps only when told
 	noCache := cachelayer.New(nil, &cachelayer.Config{Prefix: prefix})
-	writer := credits.NewCached(credits.NewStore(testenv.NewPool(t, nil)), noCache, &credits.CachedConfig{SweepInterval: time.Hour})
+	writer := credits.NewCached(credits.NewStore(testsvc.NewPool(t, nil)), noCache, &credits.CachedConfig{SweepInterval: time.Hour})
 	t.Cleanup(func() { _ = writer.Close() })
 
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	fullKey := cached.cache.FullKey(credits.Key(user, enrichment))
 	_, err := cached.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
@@ -108,19 +108,19 @@ func TestCachedNoCacheWriterLeavesRowForCachedInstances(t *testing.T) {
 // sweep is held mid-query. Not parallel, for the same reason.
 func TestCachedClosedCacheTakesNoRows(t *testing.T) {
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	healthy := newInstance(t, prefix, "", time.Hour)
-	proxy := testenv.StartProxy(t, redisAddr(t))
+	proxy := testsvc.StartProxy(t, redisAddr(t))
 	cutOff := newInstance(t, prefix, proxy.Addr, time.Hour) // leaves a row behind
 
-	tracer := &testenv.QueryTracer{Match: "cache_outbox"}
-	closedCache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: prefix})
+	tracer := &testsvc.QueryTracer{Match: "cache_outbox"}
+	closedCache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: prefix})
 	require.NoError(t, closedCache.Close())
-	closed := credits.NewCached(credits.NewStore(testenv.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })),
+	closed := credits.NewCached(credits.NewStore(testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })),
 		closedCache, &credits.CachedConfig{SweepInterval: time.Hour})
 	t.Cleanup(func() { _ = closed.Close() })
 
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	fullKey := healthy.cache.FullKey(credits.Key(user, enrichment))
 	_, err := healthy.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
@@ -165,6 +165,6 @@ func TestCachedClosedCacheTakesNoRows(t *testing.T) {
 func outboxRows(ctx context.Context, t *testing.T, fullKey string) int {
 	t.Helper()
 	var n int
-	require.NoError(t, testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n))
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n))
 	return n
 }

@@ -16,10 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testsvc.Main(m)) }
 
 const enrichment credits.Type = "enrichment"
 
@@ -32,13 +32,13 @@ func testContext(t *testing.T) context.Context {
 
 func newStore(t *testing.T) *credits.Store {
 	t.Helper()
-	return credits.NewStore(testenv.Pool(t))
+	return credits.NewStore(testsvc.Pool(t))
 }
 
 func TestStoreBalanceOfUnknownUserIsZero(t *testing.T) {
 	t.Parallel()
 	ctx, store := testContext(t), newStore(t)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 
 	b, err := store.Balance(ctx, user, enrichment)
 	require.NoError(t, err)
@@ -48,7 +48,7 @@ func TestStoreBalanceOfUnknownUserIsZero(t *testing.T) {
 func TestStoreAddDeductHistory(t *testing.T) {
 	t.Parallel()
 	ctx, store := testContext(t), newStore(t)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 
 	b, err := store.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100, Reason: "signup"})
 	require.NoError(t, err)
@@ -93,8 +93,8 @@ func TestStoreAddDeductHistory(t *testing.T) {
 func TestStoreHistoryLimitIsClamped(t *testing.T) {
 	t.Parallel()
 	ctx, store := testContext(t), newStore(t)
-	user := testenv.NewID()
-	_, err := testenv.Pool(t).Exec(ctx, `
+	user := testsvc.NewID()
+	_, err := testsvc.Pool(t).Exec(ctx, `
 		INSERT INTO credit_ledger (user_id, credit_type, delta, balance_after, version_after)
 		SELECT $1, 'enrichment', 1, g, g FROM generate_series(1, 1005) AS g`, user)
 	require.NoError(t, err)
@@ -112,7 +112,7 @@ func TestStoreHistoryLimitIsClamped(t *testing.T) {
 func TestStoreConcurrentDeducts(t *testing.T) {
 	t.Parallel()
 	ctx, store := testContext(t), newStore(t)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := store.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1000})
 	require.NoError(t, err)
 
@@ -174,7 +174,7 @@ func requireLedgerMatches(ctx context.Context, t *testing.T, store *credits.Stor
 func TestStoreMixedConcurrentChanges(t *testing.T) {
 	t.Parallel()
 	ctx, store := testContext(t), newStore(t)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 
 	const workers, perWorker = 16, 25
 	var wg sync.WaitGroup
@@ -209,7 +209,7 @@ func TestStoreMixedConcurrentChanges(t *testing.T) {
 func TestStoreIdempotentRetriesApplyOnce(t *testing.T) {
 	t.Parallel()
 	ctx, store := testContext(t), newStore(t)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := store.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 50})
 	require.NoError(t, err)
 
@@ -270,14 +270,14 @@ func TestStoreIdempotentRetriesApplyOnce(t *testing.T) {
 // not parallel, so the database-wide fingerprint cannot move under it.
 func TestStoreBadInput(t *testing.T) {
 	ctx, store := testContext(t), newStore(t)
-	pool := testenv.Pool(t)
-	near := testenv.NewID()
+	pool := testsvc.Pool(t)
+	near := testsvc.NewID()
 	_, err := store.Add(ctx, credits.Change{UserID: near, Type: enrichment, Amount: 1})
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, `UPDATE credit_balances SET balance = $2 WHERE user_id = $1`, near, int64(math.MaxInt64-10))
 	require.NoError(t, err)
 
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	ok := credits.Change{UserID: user, Type: enrichment, Amount: 5, Reason: "r", IdempotencyKey: "k"}
 	with := func(f func(*credits.Change)) credits.Change { c := ok; f(&c); return c }
 	cases := []struct {
@@ -360,18 +360,18 @@ func fingerprint(ctx context.Context, t *testing.T, pool *pgxpool.Pool) string {
 func TestStoreReadSurvivesTerminatedConnection(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	pool := testenv.NewPool(t, func(c *pgxpool.Config) {
+	pool := testsvc.NewPool(t, func(c *pgxpool.Config) {
 		c.MaxConns = 1
 		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
 	store := credits.NewStore(pool)
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	_, err := store.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 3})
 	require.NoError(t, err)
 
 	var pid uint32
 	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
-	_, err = testenv.Pool(t).Exec(ctx, `SELECT pg_terminate_backend($1)`, pid)
+	_, err = testsvc.Pool(t).Exec(ctx, `SELECT pg_terminate_backend($1)`, pid)
 	require.NoError(t, err)
 
 	b, err := store.Balance(ctx, user, enrichment)

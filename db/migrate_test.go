@@ -13,10 +13,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/db"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testsvc.Main(m)) }
 
 type testBundle struct {
 	ctx  context.Context
@@ -28,7 +28,7 @@ func setup(t *testing.T) *testBundle {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	t.Cleanup(cancel)
-	url := testenv.NewDatabase(t)
+	url := testsvc.NewDatabase(t)
 	return &testBundle{ctx: ctx, pool: newPool(ctx, t, url), url: url}
 }
 

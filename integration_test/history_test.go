@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 type opKind int
@@ -45,12 +45,12 @@ type histOutput struct {
 func TestCachedCreditsHistory(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 2*time.Minute)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	insts := []*instance{
-		newInstance(t, prefix, testenv.Redis(t), nil),
-		newInstance(t, prefix, testenv.Redis(t), nil),
+		newInstance(t, prefix, testsvc.Redis(t), nil),
+		newInstance(t, prefix, testsvc.Redis(t), nil),
 	}
-	users := []int64{testenv.NewID(), testenv.NewID(), testenv.NewID()}
+	users := []int64{testsvc.NewID(), testsvc.NewID(), testsvc.NewID()}
 
 	var (
 		mu      sync.Mutex

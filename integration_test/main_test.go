@@ -15,6 +15,7 @@ import (
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -30,15 +31,15 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 type instance struct {
 	credits *credits.Cached
 	cache   *cachelayer.Cache
-	tracer  *testenv.QueryTracer
+	tracer  *testsvc.QueryTracer
 }
 
 // newInstance starts an instance whose cache uses rdb (closed with t) and
 // the shared key prefix.
 func newInstance(t *testing.T, prefix string, rdb redis.UniversalClient, cfg *cachelayer.Config) *instance {
 	t.Helper()
-	tracer := &testenv.QueryTracer{Match: "FROM credit_balances"}
-	pool := testenv.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
+	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	c := cachelayer.Config{}
 	if cfg != nil {
 		c = *cfg

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ghl-agency/ghlcache"
 	"github.com/ghl-agency/ghlcache/db"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
@@ -71,7 +71,7 @@ func TestOpenMalformedURLsHidePasswords(t *testing.T) {
 		"redis://:Sec@ret1@127.0.0.1:1/0", // parses; nothing answers: a logged warning
 		"redis://Secret1@127.0.0.1:1/0",
 	} {
-		cfgs = append(cfgs, ghlcache.Config{DatabaseURL: testenv.DatabaseURL(t), RedisURL: u})
+		cfgs = append(cfgs, ghlcache.Config{DatabaseURL: testsvc.DatabaseURL(t), RedisURL: u})
 	}
 	for _, cfg := range cfgs {
 		t.Run(cfg.DatabaseURL+" "+cfg.RedisURL, func(t *testing.T) {
@@ -100,7 +100,7 @@ func TestOpenMalformedURLsHidePasswords(t *testing.T) {
 func TestOpenWithoutSchema(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)
-	dbURL := testenv.NewDatabase(t)
+	dbURL := testsvc.NewDatabase(t)
 	open := func(migrate bool) error {
 		t.Helper()
 		repos, err := ghlcache.Open(ctx, ghlcache.Config{DatabaseURL: dbURL, Migrate: migrate})

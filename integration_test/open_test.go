@@ -11,19 +11,19 @@ import (
 	"github.com/ghl-agency/ghlcache"
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
 func TestOpenWiresBothRepositories(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 30*time.Second)
-	tracer := &testenv.QueryTracer{Match: "FROM credit_balances"}
+	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
 	repos, err := ghlcache.Open(ctx, ghlcache.Config{
-		DatabaseURL: testenv.DatabaseURL(t),
-		RedisURL:    testenv.RedisURL(t),
+		DatabaseURL: testsvc.DatabaseURL(t),
+		RedisURL:    testsvc.RedisURL(t),
 		Migrate:     true, // idempotent on the migrated test database
-		Cache:       &cachelayer.Config{Prefix: testenv.Prefix(t)},
+		Cache:       &cachelayer.Config{Prefix: testsvc.Prefix(t)},
 		ConfigurePool: func(c *pgxpool.Config) {
 			c.ConnConfig.Tracer = tracer
 		},
@@ -31,7 +31,7 @@ func TestOpenWiresBothRepositories(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, repos.Close()) }()
 
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	added, err := repos.Credits.Add(ctx, credits.Change{UserID: user, Type: "enrichment", Amount: 9})
 	require.NoError(t, err)
 	for range 2 {
@@ -57,10 +57,10 @@ func TestOpenWiresBothRepositories(t *testing.T) {
 func TestOpenWithoutRedisIsNoCacheMode(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 30*time.Second)
-	repos, err := ghlcache.Open(ctx, ghlcache.Config{DatabaseURL: testenv.DatabaseURL(t)})
+	repos, err := ghlcache.Open(ctx, ghlcache.Config{DatabaseURL: testsvc.DatabaseURL(t)})
 	require.NoError(t, err)
 	defer repos.Close()
-	user := testenv.NewID()
+	user := testsvc.NewID()
 	added, err := repos.Credits.Add(ctx, credits.Change{UserID: user, Type: "sms", Amount: 3})
 	require.NoError(t, err)
 	got, err := repos.Credits.Balance(ctx, user, "sms")
@@ -77,9 +77,9 @@ func TestOpenErrorsHidePasswords(t *testing.T) {
 		{DatabaseURL: "postgres://u:s3cret@127.0.0.1:1/x?sslmode=disable&connect_timeout=1"},
 		{DatabaseURL: "postgres://u:s3cret@127.0.0.1:99999/x"},
 		{DatabaseURL: "postgres://u:s3cret@[bad/x"},
-		{DatabaseURL: testenv.DatabaseURL(t), RedisURL: "redis://u:s3cret@[bad/0"},
-		{DatabaseURL: testenv.DatabaseURL(t), RedisURL: "http://u:s3cret@127.0.0.1:6379/0"},
-		{DatabaseURL: testenv.DatabaseURL(t), RedisURL: "redis://u:s3cret@127.0.0.1:6379/notanumber"},
+		{DatabaseURL: testsvc.DatabaseURL(t), RedisURL: "redis://u:s3cret@[bad/0"},
+		{DatabaseURL: testsvc.DatabaseURL(t), RedisURL: "http://u:s3cret@127.0.0.1:6379/0"},
+		{DatabaseURL: testsvc.DatabaseURL(t), RedisURL: "redis://u:s3cret@127.0.0.1:6379/notanumber"},
 		{},
 	} {
 		repos, err := ghlcache.Open(ctx, cfg)

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // TestRedisKilledMidLoad: a Redis of the test's own is killed while a load
@@ -20,11 +20,11 @@ import (
 // on this database, which all assume one Redis.
 func TestRedisKilledMidLoad(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
-	srv := testenv.StartRedis(t)
+	srv := testsvc.StartRedis(t)
 	prefix := "outage:"
 	a := newInstance(t, prefix, boundedClient(t, srv.Addr), nil)
 	b := newInstance(t, prefix, boundedClient(t, srv.Addr), nil)
-	users := []int64{testenv.NewID(), testenv.NewID(), testenv.NewID(), testenv.NewID()}
+	users := []int64{testsvc.NewID(), testsvc.NewID(), testsvc.NewID(), testsvc.NewID()}
 	for _, u := range users {
 		_, err := a.credits.Add(ctx, credits.Change{UserID: u, Type: "enrichment", Amount: 1_000_000})
 		require.NoError(t, err)
@@ -116,7 +116,7 @@ func TestRedisKilledMidLoad(t *testing.T) {
 		st, err := a.credits.OutboxStats(ctx)
 		return err == nil && st.Depth == 0
 	}, 10*time.Second, 20*time.Millisecond, "the outbox drains after Redis returns")
-	store := credits.NewStore(testenv.Pool(t))
+	store := credits.NewStore(testsvc.Pool(t))
 	for _, u := range users {
 		want, err := store.Balance(ctx, u, "enrichment")
 		require.NoError(t, err)

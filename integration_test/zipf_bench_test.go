@@ -8,7 +8,7 @@ import (
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // BenchmarkCreditsZipf9505 runs a 95/5 read/write mix over 1000 users whose
@@ -19,14 +19,14 @@ import (
 //	go test -run '^$' -bench CreditsZipf -benchtime 20000x ./integration_test/
 func BenchmarkCreditsZipf9505(b *testing.B) {
 	ctx := context.Background()
-	pool := testenv.NewPool(b, nil)
-	cache := cachelayer.New(testenv.Redis(b), &cachelayer.Config{Prefix: testenv.Prefix(b)})
+	pool := testsvc.NewPool(b, nil)
+	cache := cachelayer.New(testsvc.Redis(b), &cachelayer.Config{Prefix: testsvc.Prefix(b)})
 	b.Cleanup(func() { _ = cache.Close() })
 	repo := credits.NewCached(credits.NewStore(pool), cache, nil)
 	b.Cleanup(func() { _ = repo.Close() })
 
 	const users = 1000
-	base := testenv.NewID() * 10_000
+	base := testsvc.NewID() * 10_000
 	for u := range int64(users) {
 		if _, err := repo.Add(ctx, credits.Change{UserID: base + u, Type: "enrichment", Amount: 1_000_000}); err != nil {
 			b.Fatal(err)

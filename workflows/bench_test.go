@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
@@ -36,14 +36,14 @@ func runDefinitionReads(b *testing.B, repo workflows.Repo, id int64) {
 
 // BenchmarkStoreDefinition is the Postgres read of a small definition.
 func BenchmarkStoreDefinition(b *testing.B) {
-	store := workflows.NewStore(testenv.Pool(b))
+	store := workflows.NewStore(testsvc.Pool(b))
 	runDefinitionReads(b, store, benchDefinition(b, store))
 }
 
 // BenchmarkCachedDefinitionHit reads a definition that is in Redis.
 func BenchmarkCachedDefinitionHit(b *testing.B) {
-	store := workflows.NewStore(testenv.Pool(b))
-	cache := cachelayer.New(testenv.Redis(b), &cachelayer.Config{Prefix: testenv.Prefix(b)})
+	store := workflows.NewStore(testsvc.Pool(b))
+	cache := cachelayer.New(testsvc.Redis(b), &cachelayer.Config{Prefix: testsvc.Prefix(b)})
 	b.Cleanup(func() { _ = cache.Close() })
 	repo := workflows.NewCached(store, cache, nil)
 	b.Cleanup(func() { _ = repo.Close() })

@@ -12,21 +12,21 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
 type instance struct {
 	repo   *workflows.Cached
 	cache  *cachelayer.Cache
-	tracer *testenv.QueryTracer // counts definition reads
+	tracer *testsvc.QueryTracer // counts definition reads
 }
 
 func newInstance(t *testing.T, prefix string) *instance {
 	t.Helper()
-	tracer := &testenv.QueryTracer{Match: "FROM workflow_definitions"}
-	pool := testenv.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
-	cache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: prefix, OpTimeout: 2 * time.Second})
+	tracer := &testsvc.QueryTracer{Match: "FROM workflow_definitions"}
+	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: prefix, OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = cache.Close() })
 	repo := workflows.NewCached(workflows.NewStore(pool), cache, &workflows.CachedConfig{SweepInterval: 100 * time.Millisecond})
 	t.Cleanup(func() { _ = repo.Close() })
@@ -36,7 +36,7 @@ func newInstance(t *testing.T, prefix string) *instance {
 func TestCachedNegativeCaching(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	a := newInstance(t, testenv.Prefix(t))
+	a := newInstance(t, testsvc.Prefix(t))
 	const missing = int64(1) << 60
 
 	var wg sync.WaitGroup
@@ -67,10 +67,10 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // predicts the next ids of the shared sequence.
 func TestCachedCreateHidesNoMarker(t *testing.T) {
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	a, b := newInstance(t, prefix), newInstance(t, prefix)
 	var seq int64
-	require.NoError(t, testenv.Pool(t).QueryRow(ctx,
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx,
 		`SELECT nextval(pg_get_serial_sequence('workflow_definitions', 'id'))`).Scan(&seq))
 	for id := seq + 1; id <= seq+3; id++ {
 		_, err := b.repo.Definition(ctx, id)
@@ -87,7 +87,7 @@ func TestCachedCreateHidesNoMarker(t *testing.T) {
 func TestCachedSaveVisibleEverywhere(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	prefix := testenv.Prefix(t)
+	prefix := testsvc.Prefix(t)
 	insts := []*instance{newInstance(t, prefix), newInstance(t, prefix), newInstance(t, prefix)}
 	d, err := insts[0].repo.Save(ctx, workflows.Definition{Name: "flow", Spec: json.RawMessage(`{"v":0}`)})
 	require.NoError(t, err)
@@ -126,14 +126,14 @@ func TestCachedSaveVisibleEverywhere(t *testing.T) {
 func TestCachedHitIsDeepEqual(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	a := newInstance(t, testenv.Prefix(t))
+	a := newInstance(t, testsvc.Prefix(t))
 	d, err := a.repo.Save(ctx, workflows.Definition{Name: "ünïcödé ✓", Spec: json.RawMessage(`{"b": [1, 2.5, "x"], "a": {"nested": null}}`)})
 	require.NoError(t, err)
 	// Until its outbox row is gone, any test's sweeper may delete the key
 	// once more (and make a read load again).
 	require.Eventually(t, func() bool {
 		var n int
-		err := testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`,
+		err := testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`,
 			a.cache.FullKey(workflows.Key(d.ID))).Scan(&n)
 		return err == nil && n == 0
 	}, 10*time.Second, 10*time.Millisecond, "the save's outbox row removed")
@@ -154,11 +154,11 @@ func TestCachedHitIsDeepEqual(t *testing.T) {
 func TestCachedSpecWithHTMLCharactersRoundTrips(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	a := newInstance(t, testenv.Prefix(t))
+	a := newInstance(t, testsvc.Prefix(t))
 	saved, err := a.repo.Save(ctx, workflows.Definition{Name: "html",
 		Spec: json.RawMessage(`{"body":"<p>a & b</p>","cond":"x > 1 && y < 2"}`)})
 	require.NoError(t, err)
-	stored, err := workflows.NewStore(testenv.Pool(t)).Definition(ctx, saved.ID)
+	stored, err := workflows.NewStore(testsvc.Pool(t)).Definition(ctx, saved.ID)
 	require.NoError(t, err)
 
 	const n = 20

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
@@ -20,13 +20,13 @@ import (
 func TestCachedCommitReplyLost(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	lose := &testenv.LostReplyTracer{SQL: "commit"}
-	pool, proxy := testenv.NewPoolThrough(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = lose })
-	cache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: testenv.Prefix(t), OpTimeout: 2 * time.Second})
+	lose := &testsvc.LostReplyTracer{SQL: "commit"}
+	pool, proxy := testsvc.NewPoolThrough(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = lose })
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = cache.Close() })
 	writer := workflows.NewCached(workflows.NewStore(pool), cache, &workflows.CachedConfig{SweepInterval: time.Hour})
 	t.Cleanup(func() { _ = writer.Close() })
-	store := workflows.NewStore(testenv.Pool(t)) // what Postgres holds
+	store := workflows.NewStore(testsvc.Pool(t)) // what Postgres holds
 
 	d, err := writer.Save(ctx, workflows.Definition{Name: "flow", Spec: json.RawMessage(`{"v":1}`)})
 	require.NoError(t, err)

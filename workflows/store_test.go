@@ -12,11 +12,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testsvc.Main(m)) }
 
 func testContext(t *testing.T) context.Context {
 	t.Helper()
@@ -28,7 +28,7 @@ func testContext(t *testing.T) context.Context {
 func TestStoreLifecycle(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	store := workflows.NewStore(testenv.Pool(t))
+	store := workflows.NewStore(testsvc.Pool(t))
 
 	created, err := store.Save(ctx, workflows.Definition{Name: "onboarding", Spec: json.RawMessage(`{ "steps": [ {"id": 1} ],  "a": true }`)})
 	require.NoError(t, err)
@@ -68,7 +68,7 @@ func TestStoreLifecycle(t *testing.T) {
 func TestStoreConcurrentSavesOfOneVersion(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	store := workflows.NewStore(testenv.Pool(t))
+	store := workflows.NewStore(testsvc.Pool(t))
 	d, err := store.Save(ctx, workflows.Definition{Name: "race", Spec: json.RawMessage(`{}`)})
 	require.NoError(t, err)
 
@@ -101,7 +101,7 @@ func TestStoreConcurrentSavesOfOneVersion(t *testing.T) {
 
 func TestStoreBadInput(t *testing.T) {
 	ctx := testContext(t)
-	pool := testenv.Pool(t)
+	pool := testsvc.Pool(t)
 	store := workflows.NewStore(pool)
 	existing, err := store.Save(ctx, workflows.Definition{Name: "keep", Spec: json.RawMessage(`{"k":1}`)})
 	require.NoError(t, err)

@@ -9,15 +9,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func TestBenchTiny(t *testing.T) {
 	t.Parallel()
 	html := filepath.Join(t.TempDir(), "bench.html")
 	r := cli(t, "bench", "--json", "--html", html,
-		"--database-url", testenv.NewDatabase(t), "--db-name", "",
-		"--redis-url", testenv.RedisURL(t), "--prefix", testenv.Prefix(t),
+		"--database-url", testsvc.NewDatabase(t), "--db-name", "",
+		"--redis-url", testsvc.RedisURL(t), "--prefix", testsvc.Prefix(t),
 		"--duration", "300ms", "--rounds", "1", "--users", "200", "--concurrency", "1,4",
 		"--stampede-goroutines", "100", "--staleness-duration", "200ms")
 	require.NoError(t, r.err, "stderr: %s", r.stderr)

@@ -8,14 +8,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func TestCacheCommands(t *testing.T) {
 	t.Parallel()
-	prefix := testenv.Prefix(t)
-	redisURL := testenv.RedisURL(t)
-	c := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: prefix})
+	prefix := testsvc.Prefix(t)
+	redisURL := testsvc.RedisURL(t)
+	c := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: prefix})
 	t.Cleanup(func() { _ = c.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -96,9 +96,9 @@ func TestCacheErrors(t *testing.T) {
 	}{
 		{[]string{"cache", "stats", "--redis-url", "redis://u:" + password + "@127.0.0.1:1/0"}, 1},
 		{[]string{"cache", "get", "x", "--redis-url", "redis://u:" + password + "@127.0.0.1:port/0"}, 1},
-		{[]string{"cache", "get", "--redis-url", testenv.RedisURL(t)}, 2},
-		{[]string{"cache", "del", "--redis-url", testenv.RedisURL(t)}, 2},
-		{[]string{"cache", "del-prefix", "", "--redis-url", testenv.RedisURL(t)}, 2},
+		{[]string{"cache", "get", "--redis-url", testsvc.RedisURL(t)}, 2},
+		{[]string{"cache", "del", "--redis-url", testsvc.RedisURL(t)}, 2},
+		{[]string{"cache", "del-prefix", "", "--redis-url", testsvc.RedisURL(t)}, 2},
 		{[]string{"--no-cache", "cache", "stats"}, 2},
 	} {
 		r := cli(t, tc.args...)

@@ -5,7 +5,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // cliEnv is cli with the environment variables vars (and no others).
@@ -21,7 +21,7 @@ func cliEnv(t *testing.T, vars map[string]string, args ...string) result {
 // empty means no-cache mode; unset, the default server.
 func TestEmptyRedisURLIsNoCacheMode(t *testing.T) {
 	t.Parallel()
-	dbURL := testenv.DatabaseURL(t)
+	dbURL := testsvc.DatabaseURL(t)
 	empty := map[string]string{"REDIS_URL": "", "DATABASE_URL": dbURL}
 
 	r := cliEnv(t, empty, "health")

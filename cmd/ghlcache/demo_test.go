@@ -9,7 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func init() {
@@ -21,8 +21,8 @@ func init() {
 // demoArgs are a demo run small enough for a test: a fresh database of the
 // test's own (--db-name "" uses it as is) and a key prefix of its own.
 func demoArgs(t *testing.T, extra ...string) []string {
-	args := []string{"demo", "--json", "--database-url", testenv.NewDatabase(t), "--db-name", "",
-		"--redis-url", testenv.RedisURL(t), "--prefix", testenv.Prefix(t),
+	args := []string{"demo", "--json", "--database-url", testsvc.NewDatabase(t), "--db-name", "",
+		"--redis-url", testsvc.RedisURL(t), "--prefix", testsvc.Prefix(t),
 		"--duration", "300ms", "--users", "40", "--workflows", "8", "--concurrency", "4", "--burst", "100"}
 	return append(args, extra...)
 }
@@ -114,8 +114,8 @@ func TestDemoDown(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"postgres", []string{"demo", "--database-url", "postgres://u:" + password + "@127.0.0.1:1/x", "--redis-url", testenv.RedisURL(t)}},
-		{"redis", []string{"demo", "--database-url", testenv.DatabaseURL(t), "--redis-url", "redis://u:" + password + "@127.0.0.1:1/0"}},
+		{"postgres", []string{"demo", "--database-url", "postgres://u:" + password + "@127.0.0.1:1/x", "--redis-url", testsvc.RedisURL(t)}},
+		{"redis", []string{"demo", "--database-url", testsvc.DatabaseURL(t), "--redis-url", "redis://u:" + password + "@127.0.0.1:1/0"}},
 		{"flags", []string{"demo", "--duration", "0s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,16 +10,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // demoThroughProxy returns demoArgs with Redis reached through a proxy of
 // its own, and the proxy.
-func demoThroughProxy(t *testing.T, extra ...string) ([]string, *testenv.Proxy) {
+func demoThroughProxy(t *testing.T, extra ...string) ([]string, *testsvc.Proxy) {
 	t.Helper()
-	u, err := url.Parse(testenv.RedisURL(t))
+	u, err := url.Parse(testsvc.RedisURL(t))
 	require.NoError(t, err)
-	proxy := testenv.StartProxy(t, u.Host)
+	proxy := testsvc.StartProxy(t, u.Host)
 	args := demoArgs(t, extra...)
 	for i := range args {
 		if args[i] == "--redis-url" {

@@ -8,12 +8,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 func TestHealthOK(t *testing.T) {
 	t.Parallel()
-	r := cli(t, "health", "--database-url", testenv.DatabaseURL(t), "--redis-url", testenv.RedisURL(t))
+	r := cli(t, "health", "--database-url", testsvc.DatabaseURL(t), "--redis-url", testsvc.RedisURL(t))
 	require.NoError(t, r.err, "stdout: %s", r.stdout)
 	require.Regexp(t, `(?m)^postgres\s+ok\s+ping \S+ \(connect \S+\)\s+postgres://`, r.stdout)
 	require.Regexp(t, `(?m)^redis\s+ok\s+ping \S+ \(connect \S+\)\s+redis://`, r.stdout)
@@ -23,7 +23,7 @@ func TestHealthOK(t *testing.T) {
 func TestHealthNoCache(t *testing.T) {
 	t.Parallel()
 	// Redis is never contacted: its URL points nowhere.
-	r := cli(t, "--no-cache", "health", "--database-url", testenv.DatabaseURL(t), "--redis-url", "redis://127.0.0.1:1/0")
+	r := cli(t, "--no-cache", "health", "--database-url", testsvc.DatabaseURL(t), "--redis-url", "redis://127.0.0.1:1/0")
 	require.NoError(t, r.err, "stdout: %s", r.stdout)
 	require.Regexp(t, `(?m)^postgres\s+ok\s+`, r.stdout)
 	require.Regexp(t, `(?m)^redis\s+skipped \(--no-cache\)`, r.stdout)
@@ -31,7 +31,7 @@ func TestHealthNoCache(t *testing.T) {
 
 func TestHealthDown(t *testing.T) {
 	t.Parallel()
-	dbURL, redisURL := testenv.DatabaseURL(t), testenv.RedisURL(t)
+	dbURL, redisURL := testsvc.DatabaseURL(t), testsvc.RedisURL(t)
 	for _, tc := range []struct {
 		name      string
 		db, redis string

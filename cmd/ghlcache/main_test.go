@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // runMainEnv makes the test binary run main() instead of the tests, so that
@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(testenv.Main(m))
+	os.Exit(testsvc.Main(m))
 }
 
 // password is the secret in every bad URL the tests use; it must never

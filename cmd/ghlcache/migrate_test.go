@@ -14,7 +14,7 @@ import (
 
 	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/db"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // migrationNames returns the embedded migration files, oldest first.
@@ -28,7 +28,7 @@ func migrationNames(t *testing.T) []string {
 
 func TestMigrate(t *testing.T) {
 	t.Parallel()
-	dbURL := testenv.NewDatabase(t)
+	dbURL := testsvc.NewDatabase(t)
 	names := migrationNames(t)
 	latest := strconv.Itoa(len(names))
 	migrate := func(sub ...string) result {
@@ -78,7 +78,7 @@ func TestMigrateDownNeedsYes(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	dbURL := testenv.NewDatabase(t)
+	dbURL := testsvc.NewDatabase(t)
 	dbName := bench.DatabaseName(dbURL)
 	names := migrationNames(t)
 	r := cli(t, "migrate", "up", "--database-url", dbURL)
@@ -116,7 +116,7 @@ func TestMigrateDownNeedsYes(t *testing.T) {
 // TestMigrateEnv checks the environment fallback and that a flag overrides
 // it. It sets process environment, so it does not run in parallel.
 func TestMigrateEnv(t *testing.T) {
-	dbURL := testenv.NewDatabase(t)
+	dbURL := testsvc.NewDatabase(t)
 
 	t.Setenv("DATABASE_URL", dbURL)
 	r := cli(t, "migrate", "version")

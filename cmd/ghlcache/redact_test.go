@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
 // secretParts are the passwords of malformedURLs and the pieces of them a
@@ -19,7 +19,7 @@ var secretParts = []string{"Secret1", "Secret2", "ret1", "ret2", "Sec ret2"}
 // (closed ports, roles that do not exist, names no resolver is asked for).
 func TestMalformedURLsNeverPrinted(t *testing.T) {
 	t.Parallel()
-	dbURL, redisURL := testenv.DatabaseURL(t), testenv.RedisURL(t)
+	dbURL, redisURL := testsvc.DatabaseURL(t), testsvc.RedisURL(t)
 	redisInputs := []struct {
 		url       string
 		parseable bool // go-redis accepts it, so bench would run: leave bench out

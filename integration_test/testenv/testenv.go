@@ -1,17 +1,10 @@
-// Package testenv gives every package's tests the real services they run
-// against: a fresh, migrated Postgres database per test binary and a Redis
-// key prefix per test.
-//
-// Services come from TEST_DATABASE_URL and TEST_REDIS_URL. When one is unset,
-// the conventional local server is used if it answers (Postgres on
-// 127.0.0.1:5432 as user postgres without a password, Redis on
-// 127.0.0.1:6379); else, when a Docker engine answers, it is started with
-// testcontainers-go. Otherwise the tests that need it skip with a message
-// saying how to run them — unless REQUIRE_INTEGRATION=1 (as in CI), where a
-// missing service is a failure.
-//
-// A package that uses [Pool] must route its TestMain through [Main], which
-// drops the package's database (and stops any container) when the run ends:
+// Package testenv adds containers to internal/testsvc for the integration
+// tests: when TEST_DATABASE_URL or TEST_REDIS_URL is unset and no local
+// server answers, but a Docker engine does, Postgres and Redis are started
+// with testcontainers-go (once per test binary) and stopped when the run
+// ends. Everything else — the per-binary database, key prefixes, proxies,
+// redis-server processes, tracers — is internal/testsvc's; tests call it
+// directly. Route TestMain through [Main]:
 //
 //	func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 package testenv
@@ -19,70 +12,66 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/testcontainers/testcontainers-go"
+	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
+
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
-// Required reports whether integration services are mandatory for this run
-// (REQUIRE_INTEGRATION=1): a missing service then fails the test instead of
-// skipping it.
-func Required() bool { return os.Getenv("REQUIRE_INTEGRATION") == "1" }
-
-// unavailable skips (or, when Required, fails) t because service cannot be
-// reached, saying how to provide it.
-func unavailable(t testing.TB, service, envVar string, err error) {
-	t.Helper()
-	msg := fmt.Sprintf("%s unavailable: %v (set %s, or run a Docker engine for testcontainers-go)", service, err, envVar)
-	if Required() {
-		t.Fatalf("REQUIRE_INTEGRATION=1: %s", msg)
-	}
-	t.Skip(msg)
-}
-
-var (
-	mainMu      sync.Mutex
-	mainRunning bool
-	cleanups    []func(context.Context) error
-)
-
-// Main runs the tests of a package and then releases what testenv created for
-// them (the package's database, containers). Call it from TestMain.
+// Main installs the container fallbacks and runs the tests through
+// testsvc.Main, which releases the database and the containers at the end.
 func Main(m *testing.M) int {
-	mainMu.Lock()
-	mainRunning = true
-	mainMu.Unlock()
-
-	code := m.Run()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	mainMu.Lock()
-	fns := cleanups
-	cleanups = nil
-	mainMu.Unlock()
-	for i := len(fns) - 1; i >= 0; i-- {
-		if err := fns[i](ctx); err != nil {
-			fmt.Fprintf(os.Stderr, "testenv: cleanup: %v\n", err)
-		}
-	}
-	return code
+	testsvc.SetFallbacks(StartPostgres, StartRedis)
+	return testsvc.Main(m)
 }
 
-// atExit registers fn to run when Main returns. It fails t when the package
-// does not use Main, since nothing would then release the resource.
-func atExit(t testing.TB, fn func(context.Context) error) {
-	t.Helper()
-	mainMu.Lock()
-	defer mainMu.Unlock()
-	if !mainRunning {
-		_ = fn(context.Background())
-		t.Fatal("testenv: route TestMain through testenv.Main so shared resources are released")
+// StartFunc starts a service and returns its URL and a function that
+// removes it (the shape of testsvc.Fallback).
+type StartFunc = func(ctx context.Context) (url string, stop func(context.Context) error, err error)
+
+// StartPostgres starts a Postgres container (user and password postgres,
+// database postgres) and returns its URL and a function that removes it.
+func StartPostgres(ctx context.Context) (string, func(context.Context) error, error) {
+	if err := dockerHealthy(ctx); err != nil {
+		return "", nil, fmt.Errorf("no Docker engine: %w", err)
 	}
-	cleanups = append(cleanups, fn)
+	c, err := tcpostgres.Run(ctx, "postgres:15-alpine",
+		tcpostgres.WithDatabase("postgres"), tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"),
+		tcpostgres.BasicWaitStrategies())
+	if err != nil {
+		return "", nil, fmt.Errorf("start postgres container: %w", err)
+	}
+	stop := func(ctx context.Context) error { return c.Terminate(ctx) }
+	u, err := c.ConnectionString(ctx, "sslmode=disable")
+	if err != nil {
+		_ = stop(ctx)
+		return "", nil, fmt.Errorf("postgres container url: %w", err)
+	}
+	return u, stop, nil
+}
+
+// StartRedis starts a Redis container and returns its URL and a function
+// that removes it.
+func StartRedis(ctx context.Context) (string, func(context.Context) error, error) {
+	if err := dockerHealthy(ctx); err != nil {
+		return "", nil, fmt.Errorf("no Docker engine: %w", err)
+	}
+	c, err := tcredis.Run(ctx, "redis:7.0-alpine")
+	if err != nil {
+		return "", nil, fmt.Errorf("start redis container: %w", err)
+	}
+	stop := func(ctx context.Context) error { return c.Terminate(ctx) }
+	u, err := c.ConnectionString(ctx)
+	if err != nil {
+		_ = stop(ctx)
+		return "", nil, fmt.Errorf("redis container url: %w", err)
+	}
+	return u, stop, nil
 }
 
 var (

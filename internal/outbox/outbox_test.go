@@ -13,11 +13,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/integration_test/testenv"
 	"github.com/ghl-agency/ghlcache/internal/outbox"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testsvc.Main(m)) }
 
 // invalidator records deleted keys and fails while down is set; while
 // disabled is set it is a cache in no-cache mode or closed.
@@ -78,9 +78,9 @@ func setupWith(t *testing.T, batch int) (context.Context, *outbox.Outbox, *inval
 	t.Cleanup(cancel)
 	inv := &invalidator{}
 	clk := &clock{now: time.Now()}
-	domain := fmt.Sprintf("test-%d", testenv.NewID())
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
 	// The sweeper's own ticks are out of the way: tests call Sweep.
-	o := outbox.New(testenv.Pool(t), inv, outbox.Config{Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, Now: clk.Now})
+	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, Now: clk.Now})
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
 	return ctx, o, inv, domain, clk
 }
@@ -95,7 +95,7 @@ func depth(ctx context.Context, t *testing.T, o *outbox.Outbox) int64 {
 func insert(ctx context.Context, t *testing.T, domain, key string, age time.Duration) int64 {
 	t.Helper()
 	var id int64
-	require.NoError(t, testenv.Pool(t).QueryRow(ctx,
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx,
 		`INSERT INTO cache_outbox (domain, cache_key, created_at) VALUES ($1, $2, now() - make_interval(secs => $3)) RETURNING id`,
 		domain, key, age.Seconds()).Scan(&id))
 	return id
@@ -109,7 +109,7 @@ func TestRecordWritesRowInTransaction(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, _ := setup(t)
 	inv.setDown(true)
-	tx, err := testenv.Pool(t).Begin(ctx)
+	tx, err := testsvc.Pool(t).Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	rec, err := o.Record(ctx, tx, "a")
@@ -155,7 +155,7 @@ func TestCloseRemovesQueuedRows(t *testing.T) {
 	}
 	require.NoError(t, o.Close())
 	var n int
-	require.NoError(t, testenv.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE domain = $1`, domain).Scan(&n))
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE domain = $1`, domain).Scan(&n))
 	require.Zero(t, n, "Close flushes the removal queue")
 }
 
@@ -213,7 +213,7 @@ func TestPendingClearedWhenAnotherInstanceSwept(t *testing.T) {
 	o.Invalidate(ctx, outbox.Invalidation{Key: "k", ID: id})
 	require.True(t, o.Pending("k"))
 
-	other := outbox.New(testenv.Pool(t), &invalidator{}, outbox.Config{Domain: domain, Interval: time.Hour})
+	other := outbox.New(testsvc.Pool(t), &invalidator{}, outbox.Config{Domain: domain, Interval: time.Hour})
 	defer other.Close()
 	require.NoError(t, other.Sweep(ctx))
 
@@ -309,7 +309,7 @@ func TestDropMootSeesEveryRowAndLateCommits(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, domain, clk := setupWith(t, 10)
 	inv.setDown(true)
-	long, err := testenv.Pool(t).Begin(ctx)
+	long, err := testsvc.Pool(t).Begin(ctx)
 	require.NoError(t, err)
 	defer long.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	_, err = long.Exec(ctx, `INSERT INTO cache_outbox (domain, cache_key, created_at) VALUES ($1, 'late', now() - interval '1 hour')`, domain)
@@ -345,14 +345,14 @@ func TestLongTransactionKeyIsDeleted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const tinyMaxAge = 50 * time.Millisecond
-	cache := cachelayer.New(testenv.Redis(t), &cachelayer.Config{Prefix: testenv.Prefix(t)})
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t)})
 	t.Cleanup(func() { _ = cache.Close() })
-	domain := fmt.Sprintf("test-%d", testenv.NewID())
-	o := outbox.New(testenv.Pool(t), cache, outbox.Config{Domain: domain, Interval: time.Hour, MaxAge: tinyMaxAge})
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(testsvc.Pool(t), cache, outbox.Config{Domain: domain, Interval: time.Hour, MaxAge: tinyMaxAge})
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
 	require.NoError(t, cache.Set(ctx, "entry", "stale", time.Minute))
 
-	tx, err := testenv.Pool(t).Begin(ctx)
+	tx, err := testsvc.Pool(t).Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	_, err = tx.Exec(ctx, `INSERT INTO cache_outbox (domain, cache_key) VALUES ($1, $2)`, domain, cache.FullKey("entry"))
@@ -382,7 +382,7 @@ func TestLongTransactionKeyIsDeleted(t *testing.T) {
 func TestSweepDrainsManyBatches(t *testing.T) {
 	t.Parallel()
 	ctx, o, inv, domain := setup(t)
-	_, err := testenv.Pool(t).Exec(ctx,
+	_, err := testsvc.Pool(t).Exec(ctx,
 		`INSERT INTO cache_outbox (domain, cache_key) SELECT $1, 'key:' || (g % 1100) FROM generate_series(1, 1200) AS g`, domain)
 	require.NoError(t, err)
 	require.NoError(t, o.Sweep(ctx))
@@ -399,9 +399,9 @@ func TestRunningSweeperRepairsWithoutCalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	inv := &invalidator{}
-	domain := fmt.Sprintf("test-%d", testenv.NewID())
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
 	insert(ctx, t, domain, "left-behind", 0)
-	o := outbox.New(testenv.Pool(t), inv, outbox.Config{Domain: domain, Interval: 20 * time.Millisecond})
+	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{Domain: domain, Interval: 20 * time.Millisecond})
 	require.Eventually(t, func() bool { return slices.Contains(inv.keys(), "left-behind") }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, o.Close())
 	require.NoError(t, o.Close(), "Close is idempotent")

@@ -1,4 +1,4 @@
-package testenv
+package testsvc
 
 import (
 	"bufio"
@@ -110,7 +110,7 @@ func (s *RedisServer) start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
-		s.t.Fatalf("testenv: redis-server %s is already running", s.Addr)
+		s.t.Fatalf("testsvc: redis-server %s is already running", s.Addr)
 	}
 	cmd := exec.Command(s.bin, s.args...)
 	cmd.Dir = s.dir
@@ -118,7 +118,7 @@ func (s *RedisServer) start() {
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("testenv: start redis-server: %v", err)
+		s.t.Fatalf("testsvc: start redis-server: %v", err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -132,13 +132,13 @@ func (s *RedisServer) start() {
 		} else if time.Now().After(deadline) {
 			s.killLocked()
 			log, _ := os.ReadFile(s.dir + "/redis.log")
-			s.t.Fatalf("testenv: redis-server %s did not answer PING: %v\n%s%s", s.Addr, err, stderr.String(), log)
+			s.t.Fatalf("testsvc: redis-server %s did not answer PING: %v\n%s%s", s.Addr, err, stderr.String(), log)
 		}
 		select {
 		case <-done:
 			log, _ := os.ReadFile(s.dir + "/redis.log")
 			s.cmd = nil
-			s.t.Fatalf("testenv: redis-server %s exited at start:\n%s%s", s.Addr, stderr.String(), log)
+			s.t.Fatalf("testsvc: redis-server %s exited at start:\n%s%s", s.Addr, stderr.String(), log)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -190,7 +190,7 @@ func (s *RedisServer) signal(sig syscall.Signal) {
 	select {
 	case <-s.done:
 	case <-time.After(10 * time.Second):
-		s.t.Errorf("testenv: redis-server %s ignored %v; killing it", s.Addr, sig)
+		s.t.Errorf("testsvc: redis-server %s ignored %v; killing it", s.Addr, sig)
 		s.killLocked()
 	}
 	s.cmd = nil
@@ -215,7 +215,7 @@ func (s *RedisServer) Pause() {
 		return
 	}
 	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		s.t.Fatalf("testenv: SIGSTOP redis-server: %v", err)
+		s.t.Fatalf("testsvc: SIGSTOP redis-server: %v", err)
 	}
 	s.paused = true
 }
@@ -228,7 +228,7 @@ func (s *RedisServer) Resume() {
 		return
 	}
 	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		s.t.Fatalf("testenv: SIGCONT redis-server: %v", err)
+		s.t.Fatalf("testsvc: SIGCONT redis-server: %v", err)
 	}
 	s.paused = false
 }
@@ -255,7 +255,7 @@ func FreePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("testenv: free port: %v", err)
+		t.Fatalf("testsvc: free port: %v", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
@@ -283,7 +283,7 @@ func freeClusterPort(t testing.TB, taken map[int]bool) int {
 		taken[p] = true
 		return p
 	}
-	t.Fatal("testenv: no free cluster port pair")
+	t.Fatal("testsvc: no free cluster port pair")
 	return 0
 }
 
@@ -308,7 +308,7 @@ type RedisCluster struct {
 func StartCluster(t testing.TB, masters int) *RedisCluster {
 	t.Helper()
 	if masters < 3 {
-		t.Fatalf("testenv: StartCluster: a cluster needs at least 3 masters, not %d", masters)
+		t.Fatalf("testsvc: StartCluster: a cluster needs at least 3 masters, not %d", masters)
 	}
 	cli := redisServerBin(t, "redis-cli")
 	c := &RedisCluster{t: t}
@@ -328,7 +328,7 @@ func StartCluster(t testing.TB, masters int) *RedisCluster {
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("testenv: redis-cli --cluster create: %v\n%s", err, out)
+		t.Fatalf("testsvc: redis-cli --cluster create: %v\n%s", err, out)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for _, addr := range c.Addrs {
@@ -338,7 +338,7 @@ func StartCluster(t testing.TB, masters int) *RedisCluster {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("testenv: cluster node %s not ok: %v\n%s", addr, err, out)
+				t.Fatalf("testsvc: cluster node %s not ok: %v\n%s", addr, err, out)
 			}
 			time.Sleep(50 * time.Millisecond) // polling with a deadline
 		}
@@ -367,7 +367,7 @@ func (c *RedisCluster) Client() *redis.ClusterClient {
 	if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 		return m.Ping(ctx).Err()
 	}); err != nil {
-		c.t.Fatalf("testenv: cluster client: %v", err)
+		c.t.Fatalf("testsvc: cluster client: %v", err)
 	}
 	return cc
 }

@@ -1,4 +1,4 @@
-package testenv
+package testsvc
 
 import (
 	"errors"
@@ -42,7 +42,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("testenv: proxy listen: %v", err)
+		t.Fatalf("testsvc: proxy listen: %v", err)
 	}
 	p := &Proxy{Addr: ln.Addr().String(), target: target, t: t, conns: map[net.Conn]struct{}{}, lose: map[string]bool{}}
 	p.serve(ln)
@@ -184,7 +184,7 @@ func (p *Proxy) Open() {
 		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
 	if err != nil {
-		p.t.Errorf("testenv: proxy reopen %s: %v", p.Addr, err)
+		p.t.Errorf("testsvc: proxy reopen %s: %v", p.Addr, err)
 		return
 	}
 	p.serve(ln)
@@ -219,7 +219,7 @@ func StartBlackHole(t testing.TB) *BlackHole {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("testenv: black hole listen: %v", err)
+		t.Fatalf("testsvc: black hole listen: %v", err)
 	}
 	b := &BlackHole{Addr: ln.Addr().String(), ln: ln}
 	b.wg.Add(1)

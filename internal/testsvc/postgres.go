@@ -1,4 +1,4 @@
-package testenv
+package testsvc
 
 import (
 	"context"
@@ -16,7 +16,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
 	"github.com/ghl-agency/ghlcache/db"
 	"github.com/ghl-agency/ghlcache/internal/localservices"
@@ -53,7 +52,7 @@ func NewPool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(DatabaseURL(t))
 	if err != nil {
-		t.Fatalf("testenv: parse database url: %v", err)
+		t.Fatalf("testsvc: parse database url: %v", err)
 	}
 	if configure != nil {
 		configure(cfg)
@@ -62,7 +61,7 @@ func NewPool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
 	defer cancel()
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		t.Fatalf("testenv: new pool: %v", err)
+		t.Fatalf("testsvc: new pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
 	return pool
@@ -76,12 +75,12 @@ func NewPoolThrough(t testing.TB, configure func(*pgxpool.Config)) (*pgxpool.Poo
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(DatabaseURL(t))
 	if err != nil {
-		t.Fatalf("testenv: parse database url: %v", err)
+		t.Fatalf("testsvc: parse database url: %v", err)
 	}
 	proxy := StartProxy(t, net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port))))
 	host, port, err := net.SplitHostPort(proxy.Addr)
 	if err != nil {
-		t.Fatalf("testenv: proxy address: %v", err)
+		t.Fatalf("testsvc: proxy address: %v", err)
 	}
 	portNum, _ := strconv.Atoi(port)
 	pool := NewPool(t, func(c *pgxpool.Config) {
@@ -103,13 +102,13 @@ func NewDatabase(t testing.TB) string {
 	defer cancel()
 	u, drop, err := createDatabase(ctx, base)
 	if err != nil {
-		t.Fatalf("testenv: %v", err)
+		t.Fatalf("testsvc: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := drop(ctx); err != nil {
-			t.Errorf("testenv: %v", err)
+			t.Errorf("testsvc: %v", err)
 		}
 	})
 	return u
@@ -123,7 +122,7 @@ var (
 
 // baseDatabaseURL returns a URL of the Postgres server to create test
 // databases on: TEST_DATABASE_URL, else the local server if it answers
-// (localservices.DatabaseURL), else a testcontainers Postgres.
+// (localservices.DatabaseURL), else the fallback of [SetFallbacks].
 func baseDatabaseURL(t testing.TB) string {
 	t.Helper()
 	baseOnce.Do(func() {
@@ -137,19 +136,10 @@ func baseDatabaseURL(t testing.TB) string {
 			baseURL = localservices.DatabaseURL
 			return
 		}
-		if err := dockerHealthy(ctx); err != nil {
-			baseErr = fmt.Errorf("TEST_DATABASE_URL unset and no Docker engine: %w", err)
-			return
-		}
-		c, err := tcpostgres.Run(ctx, "postgres:15-alpine",
-			tcpostgres.WithDatabase("postgres"), tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"),
-			tcpostgres.BasicWaitStrategies())
-		if err != nil {
-			baseErr = fmt.Errorf("start postgres container: %w", err)
-			return
-		}
-		atExit(t, func(ctx context.Context) error { return c.Terminate(ctx) })
-		baseURL, baseErr = c.ConnectionString(ctx, "sslmode=disable")
+		fallbackMu.Lock()
+		fb := postgresFallback
+		fallbackMu.Unlock()
+		baseURL, baseErr = runFallback(ctx, t, fb, "TEST_DATABASE_URL")
 	})
 	if baseErr != nil {
 		unavailable(t, "Postgres", "TEST_DATABASE_URL", baseErr)
@@ -182,7 +172,7 @@ func setupPostgres(t testing.TB) {
 		pgURL, pgPool = u, pool
 	})
 	if pgErr != nil {
-		t.Fatalf("testenv: postgres: %v", pgErr)
+		t.Fatalf("testsvc: postgres: %v", pgErr)
 	}
 }
 

@@ -1,4 +1,4 @@
-package testenv
+package testsvc
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
 
 	"github.com/ghl-agency/ghlcache/internal/localservices"
 	"github.com/ghl-agency/ghlcache/internal/redact"
@@ -26,7 +25,8 @@ var (
 )
 
 // RedisURL returns the URL of the shared test Redis: TEST_REDIS_URL, else
-// the local Redis if it answers (localservices.RedisURL), else a testcontainers Redis. Tests must not FLUSHDB it; they use [Prefix].
+// the local Redis if it answers (localservices.RedisURL), else the fallback
+// of [SetFallbacks]. Tests must not FLUSHDB it; they use [Prefix].
 func RedisURL(t testing.TB) string {
 	t.Helper()
 	redisOnce.Do(func() {
@@ -40,17 +40,10 @@ func RedisURL(t testing.TB) string {
 			redisURL = localservices.RedisURL
 			return
 		}
-		if err := dockerHealthy(ctx); err != nil {
-			redisErr = fmt.Errorf("TEST_REDIS_URL unset and no Docker engine: %w", err)
-			return
-		}
-		c, err := tcredis.Run(ctx, "redis:7.0-alpine")
-		if err != nil {
-			redisErr = fmt.Errorf("start redis container: %w", err)
-			return
-		}
-		atExit(t, func(ctx context.Context) error { return c.Terminate(ctx) })
-		redisURL, redisErr = c.ConnectionString(ctx)
+		fallbackMu.Lock()
+		fb := redisFallback
+		fallbackMu.Unlock()
+		redisURL, redisErr = runFallback(ctx, t, fb, "TEST_REDIS_URL")
 	})
 	if redisErr != nil {
 		unavailable(t, "Redis", "TEST_REDIS_URL", redisErr)
@@ -72,7 +65,7 @@ func Redis(t testing.TB) *redis.Client {
 	t.Helper()
 	opts, err := redis.ParseURL(RedisURL(t))
 	if err != nil {
-		t.Fatalf("testenv: parse redis url %s: %v", redact.URL(RedisURL(t)), err)
+		t.Fatalf("testsvc: parse redis url %s: %v", redact.URL(RedisURL(t)), err)
 	}
 	opts.ContextTimeoutEnabled = true
 	rdb := redis.NewClient(opts)
@@ -103,7 +96,7 @@ func Prefix(t testing.TB) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := DeleteKeys(ctx, rdb, prefix); err != nil {
-			t.Logf("testenv: delete keys %s*: %v", prefix, err)
+			t.Logf("testsvc: delete keys %s*: %v", prefix, err)
 		}
 	})
 	return prefix
@@ -113,7 +106,7 @@ func Prefix(t testing.TB) string {
 // on every master rdb reaches, with SCAN and single-key UNLINKs.
 func DeleteKeys(ctx context.Context, rdb redis.UniversalClient, prefix string) error {
 	if strings.ContainsAny(prefix, `*?[]\`) {
-		return fmt.Errorf("testenv: prefix %q has glob characters", prefix)
+		return fmt.Errorf("testsvc: prefix %q has glob characters", prefix)
 	}
 	del := func(ctx context.Context, c *redis.Client) error {
 		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
@@ -130,5 +123,5 @@ func DeleteKeys(ctx context.Context, rdb redis.UniversalClient, prefix string) e
 	if c, ok := rdb.(*redis.Client); ok {
 		return del(ctx, c)
 	}
-	return fmt.Errorf("testenv: DeleteKeys: unsupported client %T", rdb)
+	return fmt.Errorf("testsvc: DeleteKeys: unsupported client %T", rdb)
 }
