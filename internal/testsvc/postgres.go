@@ -114,37 +114,18 @@ func NewDatabase(t testing.TB) string {
 	return u
 }
 
-var (
-	baseOnce sync.Once
-	baseURL  string
-	baseErr  error
-)
+// postgres is the server test databases are created on.
+var postgres = &service{
+	name: "Postgres", envVar: "TEST_DATABASE_URL", localURL: localservices.DatabaseURL,
+	answers: localPostgresAnswers, fallback: func() Fallback { return postgresFallback },
+}
 
 // baseDatabaseURL returns a URL of the Postgres server to create test
 // databases on: TEST_DATABASE_URL, else the local server if it answers
 // (localservices.DatabaseURL), else the fallback of [SetFallbacks].
 func baseDatabaseURL(t testing.TB) string {
 	t.Helper()
-	baseOnce.Do(func() {
-		if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
-			baseURL = u
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if localPostgresAnswers(ctx) {
-			baseURL = localservices.DatabaseURL
-			return
-		}
-		fallbackMu.Lock()
-		fb := postgresFallback
-		fallbackMu.Unlock()
-		baseURL, baseErr = runFallback(ctx, t, fb, "TEST_DATABASE_URL")
-	})
-	if baseErr != nil {
-		unavailable(t, "Postgres", "TEST_DATABASE_URL", baseErr)
-	}
-	return baseURL
+	return postgres.resolve(t)
 }
 
 func setupPostgres(t testing.TB) {

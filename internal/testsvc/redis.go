@@ -5,10 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,37 +16,18 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
-var (
-	redisOnce sync.Once
-	redisURL  string
-	redisErr  error
-)
+// redisService is the shared test Redis.
+var redisService = &service{
+	name: "Redis", envVar: "TEST_REDIS_URL", localURL: localservices.RedisURL,
+	answers: localRedisAnswers, fallback: func() Fallback { return redisFallback },
+}
 
 // RedisURL returns the URL of the shared test Redis: TEST_REDIS_URL, else
 // the local Redis if it answers (localservices.RedisURL), else the fallback
 // of [SetFallbacks]. Tests must not FLUSHDB it; they use [Prefix].
 func RedisURL(t testing.TB) string {
 	t.Helper()
-	redisOnce.Do(func() {
-		if u := os.Getenv("TEST_REDIS_URL"); u != "" {
-			redisURL = u
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if localRedisAnswers(ctx) {
-			redisURL = localservices.RedisURL
-			return
-		}
-		fallbackMu.Lock()
-		fb := redisFallback
-		fallbackMu.Unlock()
-		redisURL, redisErr = runFallback(ctx, t, fb, "TEST_REDIS_URL")
-	})
-	if redisErr != nil {
-		unavailable(t, "Redis", "TEST_REDIS_URL", redisErr)
-	}
-	return redisURL
+	return redisService.resolve(t)
 }
 
 func localRedisAnswers(ctx context.Context) bool {

@@ -65,6 +65,44 @@ func SetFallbacks(postgres, redis Fallback) {
 	postgresFallback, redisFallback = postgres, redis
 }
 
+// service resolves one shared test service once per test binary: its
+// TEST_*_URL variable, else the local server if it answers, else the
+// fallback installed by [SetFallbacks].
+type service struct {
+	name, envVar, localURL string
+	answers                func(context.Context) bool
+	fallback               func() Fallback // read under fallbackMu
+
+	once sync.Once
+	url  string
+	err  error
+}
+
+// resolve returns the service's URL, or skips (fails, when Required) t.
+func (s *service) resolve(t testing.TB) string {
+	t.Helper()
+	s.once.Do(func() {
+		if u := os.Getenv(s.envVar); u != "" {
+			s.url = u
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if s.answers(ctx) {
+			s.url = s.localURL
+			return
+		}
+		fallbackMu.Lock()
+		fb := s.fallback()
+		fallbackMu.Unlock()
+		s.url, s.err = runFallback(ctx, t, fb, s.envVar)
+	})
+	if s.err != nil {
+		unavailable(t, s.name, s.envVar, s.err)
+	}
+	return s.url
+}
+
 // errNoFallback is what a missing service reports when no fallback is
 // installed.
 var errNoFallback = errors.New("no local server answers")
