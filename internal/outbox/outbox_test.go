@@ -120,8 +120,10 @@ func setupWith(t *testing.T, batch int) (context.Context, *outbox.Outbox, *inval
 	inv := &invalidator{}
 	clk := &clock{now: time.Now()}
 	domain := fmt.Sprintf("test-%d", testsvc.NewID())
-	// The sweeper's own ticks are out of the way: tests call Sweep.
-	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, Now: clk.Now})
+	// The sweeper's own ticks are out of the way: tests call Sweep (or Step).
+	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{
+		Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, EpochPoll: time.Hour, Now: clk.Now,
+	})
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
 	return ctx, o, inv, domain, clk
 }
