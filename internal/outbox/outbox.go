@@ -99,6 +99,7 @@ type Outbox struct {
 	epoch     uint64               // the TopologyEpoch whose re-delete pass completed (New: the epoch at New)
 	retry     map[string]time.Time // key → when its re-delete first failed; retried every sweep until it succeeds or is MaxAge old
 	repass    bool                 // a pass could not remember all its failures (more than maxRetries): run it again
+	pass      *redeletePass        // the re-delete pass under way, nil when none
 
 	doneMu   sync.Mutex    // guards doneIDs; held while an invalidation checks the epoch and queues its row (see queueDone)
 	doneIDs  []int64       // rows whose key was deleted, to mark done

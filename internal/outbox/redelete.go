@@ -13,36 +13,38 @@ import (
 // may have promoted a replica that missed deletes its master acknowledged,
 // so the keys of every done row younger than MaxAge (any instance's: the
 // entries they name may still be there until their TTL) are deleted again,
-// page after page of Batch rows, each distinct key once. Rows queued by
-// this process's invalidations are marked done first, so the pass reads
-// them (see queueDone for the other half). A key whose delete fails is
-// retried at every sweep until it succeeds or is MaxAge old. When Postgres
-// fails the pass is not done and runs again at the next step.
+// page after page of Batch rows, each distinct key once per pass. Rows
+// queued by this process's invalidations are marked done first, so the
+// pass reads them (see queueDone for the other half). A key whose delete
+// fails is retried at every sweep until it succeeds or is MaxAge old. When
+// Postgres fails (or the step's time runs out) the pass resumes from its
+// last page at the next step; a newer epoch starts it afresh.
 //
 // The caller holds sweepMu.
 func (o *Outbox) redeleteLocked(ctx context.Context, epoch uint64) error {
-	if err := o.flushDone(ctx); err != nil {
-		// Those rows still wait: the next sweep deletes their keys on the new topology.
-		o.log.Debug("outbox rows left to the sweeper", "err", err)
+	if o.pass == nil || o.pass.epoch != epoch {
+		o.pass = &redeletePass{epoch: epoch, deleted: make(map[string]bool)}
+		if err := o.flushDone(ctx); err != nil {
+			// Those rows still wait: the next sweep deletes their keys on the new topology.
+			o.log.Debug("outbox rows left to the sweeper", "err", err)
+		}
 	}
+	p := o.pass
 	q := dbq.New(o.pool)
 	now := o.cfg.Now()
-	deleted := make(map[string]bool)
-	var afterDone time.Time
-	var afterID int64
 	failed := 0
 	for {
 		rows, err := q.CacheOutboxRecent(ctx, dbq.CacheOutboxRecentParams{
 			Domain: o.cfg.Domain, KeepSeconds: o.cfg.MaxAge.Seconds(),
-			AfterDoneAt: afterDone, AfterID: afterID, MaxRows: int32(o.cfg.Batch),
+			AfterDoneAt: p.afterDone, AfterID: p.afterID, MaxRows: int32(o.cfg.Batch),
 		})
 		if err != nil {
 			return fmt.Errorf("outbox: re-delete after a topology change: %w", err)
 		}
 		var keys []string
 		for _, r := range rows {
-			if !deleted[r.CacheKey] {
-				deleted[r.CacheKey] = true
+			if !p.deleted[r.CacheKey] {
+				p.deleted[r.CacheKey] = true
 				keys = append(keys, r.CacheKey)
 			}
 		}
@@ -62,13 +64,22 @@ func (o *Outbox) redeleteLocked(ctx context.Context, epoch uint64) error {
 			break
 		}
 		last := rows[len(rows)-1]
-		afterDone, afterID = last.DoneAt, last.ID
+		p.afterDone, p.afterID = last.DoneAt, last.ID
 	}
-	o.epoch = epoch
+	o.epoch, o.pass = epoch, nil
 	if failed > 0 {
 		return fmt.Errorf("%w: %d re-deletes after a topology change (retried at each sweep)", errKeysFailed, failed)
 	}
 	return nil
+}
+
+// redeletePass is a re-delete pass under way: the epoch it is for, and its
+// cursor over the done rows.
+type redeletePass struct {
+	epoch     uint64
+	afterDone time.Time       // the last page's last row: (done_at, id)
+	afterID   int64           //
+	deleted   map[string]bool // keys this pass deleted (or tried to), each once
 }
 
 // maxRetries bounds the keys whose failed re-deletes are remembered; past

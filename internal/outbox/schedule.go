@@ -37,7 +37,9 @@ func (o *Outbox) step(ctx context.Context) {
 	ran := false
 	if o.inv.Enabled() {
 		if epoch := o.inv.TopologyEpoch(); epoch != o.epoch || o.repass {
-			o.repass = false
+			if o.repass {
+				o.repass, o.pass = false, nil // the whole pass again
+			}
 			err, ran = o.redeleteLocked(ctx, epoch), true
 		}
 	}
