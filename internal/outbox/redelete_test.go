@@ -181,3 +181,31 @@ func TestBreakerRecoveryRedeletes(t *testing.T) {
 	t.Logf("re-deleted %v after the breaker closed", time.Since(recovered).Round(time.Millisecond))
 	require.Equal(t, int64(1), mustStats(ctx, t, o).Redeleted)
 }
+
+// TestEpochChangeSweepsAtOnce: an idle sweeper whose cache sees Redis come
+// back (the epoch moves) sweeps in the same step, not at its idle
+// interval: rows a dead writer left during the outage are deleted within
+// EpochPoll of Redis's return.
+func TestEpochChangeSweepsAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	inv := &invalidator{}
+	clk := &clock{now: time.Now()}
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{
+		Domain: domain, Interval: time.Second, IdleInterval: time.Hour, EpochPoll: time.Hour, Now: clk.Now,
+	})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+	clk.Advance(time.Second)
+	o.Step(ctx) // the first sweep; idle from now on
+	insert(ctx, t, domain, "left-by-a-dead-writer", 0)
+	clk.Advance(time.Second)
+	o.Step(ctx)
+	require.Empty(t, inv.keys(), "idle: no sweep due for an hour")
+
+	inv.epoch.Add(1)
+	o.Step(ctx)
+	require.Equal(t, []string{"left-by-a-dead-writer"}, inv.keys())
+	require.Zero(t, depth(ctx, t, o))
+}

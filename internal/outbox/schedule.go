@@ -24,12 +24,12 @@ func (o *Outbox) run() {
 }
 
 // step is what the sweeper does at each tick: when the TopologyEpoch has
-// changed, a re-delete pass (no I/O otherwise: the epoch is an atomic
-// load); then a sweep when one is due: Interval after the last while there
-// is work (this process has pending invalidations, or the last sweep found
-// rows, failed, or left re-deletes to retry), IdleInterval after it
-// otherwise. A quiet instance so costs Postgres one statement per
-// IdleInterval and domain.
+// changed, a re-delete pass and a sweep at once (no I/O otherwise: the
+// epoch is an atomic load); else a sweep when one is due: Interval after
+// the last while there is work (this process has pending invalidations, or
+// the last sweep found rows, failed, or left re-deletes to retry),
+// IdleInterval after it otherwise. A quiet instance so costs Postgres one
+// statement per IdleInterval and domain.
 func (o *Outbox) step(ctx context.Context) {
 	o.sweepMu.Lock()
 	defer o.sweepMu.Unlock()
@@ -44,7 +44,13 @@ func (o *Outbox) step(ctx context.Context) {
 		}
 	}
 	wait := o.cfg.IdleInterval
-	if o.busy || o.AnyPending() || len(o.retry) > 0 {
+	switch {
+	case ran && o.pass == nil:
+		// The epoch moved: Redis (or a shard) may be back from an outage
+		// during which any instance's invalidations failed, this one's or
+		// a dead writer's. Sweep now rather than at the idle interval.
+		wait = 0
+	case o.busy || o.AnyPending() || len(o.retry) > 0:
 		wait = o.cfg.Interval
 	}
 	if o.cfg.Now().Sub(o.lastSweep) >= wait {
