@@ -42,10 +42,14 @@
 // mark and COMMIT per batch of waiting rows. The sweeper sweeps every
 // Interval (1 s) while it knows of work — invalidations of this process
 // still pending, rows found or deletes failed in its last sweep, re-deletes
-// left to retry, its first sweep after New — and every IdleInterval (10 s)
-// otherwise: rows another instance left behind (it died, or cannot reach
-// Redis) are found within IdleInterval + Interval by an idle instance, and
-// within Interval by one that is busy.
+// left to retry, its first sweep after New — at once when the
+// TopologyEpoch changes (Redis back from an outage closes the breaker), and
+// every IdleInterval (10 s) otherwise. So after an outage, rows any
+// instance left (a dead writer's too) are swept within EpochPoll of the
+// return by every instance whose cache saw the outage; rows another
+// instance leaves while Redis is up (it died between commit and delete, or
+// only it cannot reach Redis) are found within IdleInterval + Interval by
+// an idle instance, and within Interval by one that is busy.
 //
 // The Outbox also remembers which keys this process's own invalidations are
 // still pending for, so its reads of them can bypass the cache
