@@ -56,7 +56,7 @@ func (f *invalidator) DeleteFullEach(_ context.Context, keys []string) []error {
 			if errs == nil {
 				errs = make([]error, len(keys))
 			}
-			errs[i] = errors.New("redis down for " + k)
+			errs[i] = fmt.Errorf("%w: redis down for %s", cachelayer.ErrUnavailable, k)
 			continue
 		}
 		f.deleted = append(f.deleted, k)

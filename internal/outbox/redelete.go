@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -33,6 +34,7 @@ func (o *Outbox) redeleteLocked(ctx context.Context, epoch uint64) error {
 	q := dbq.New(o.pool)
 	now := o.cfg.Now()
 	failed := 0
+	var keyErr error
 	for {
 		rows, err := q.CacheOutboxRecent(ctx, dbq.CacheOutboxRecentParams{
 			Domain: o.cfg.Domain, KeepSeconds: o.cfg.MaxAge.Seconds(),
@@ -57,6 +59,7 @@ func (o *Outbox) redeleteLocked(ctx context.Context, epoch uint64) error {
 					continue
 				}
 				failed++
+				keyErr = cmp.Or(keyErr, errs[i])
 				o.noteRetry(k, now)
 			}
 		}
@@ -68,7 +71,7 @@ func (o *Outbox) redeleteLocked(ctx context.Context, epoch uint64) error {
 	}
 	o.epoch, o.pass = epoch, nil
 	if failed > 0 {
-		return fmt.Errorf("%w: %d re-deletes after a topology change (retried at each sweep)", errKeysFailed, failed)
+		return fmt.Errorf("%w: %d re-deletes after a topology change (retried at each sweep): %w", errKeysFailed, failed, keyErr)
 	}
 	return nil
 }
@@ -119,16 +122,18 @@ func (o *Outbox) retryRedeletes(ctx context.Context) error {
 	}
 	errs := o.inv.DeleteFullEach(ctx, keys)
 	failed := 0
+	var keyErr error
 	for i, k := range keys {
 		if errs == nil || errs[i] == nil {
 			o.redeleted.Add(1)
 			delete(o.retry, k)
 		} else {
 			failed++
+			keyErr = cmp.Or(keyErr, errs[i])
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%w: %d re-deletes after a topology change", errKeysFailed, failed)
+		return fmt.Errorf("%w: %d re-deletes after a topology change: %w", errKeysFailed, failed, keyErr)
 	}
 	return nil
 }

@@ -79,7 +79,7 @@ func TestEpochChangeRetriesFailedRedeletes(t *testing.T) {
 	require.Equal(t, []string{"up"}, inv.keys())
 
 	inv.reset()
-	require.Error(t, o.Sweep(ctx))
+	require.ErrorIs(t, o.Sweep(ctx), cachelayer.ErrUnavailable)
 	require.Equal(t, 1, inv.calls, "retried at the sweep")
 	inv.setFail()
 	require.NoError(t, o.Sweep(ctx))

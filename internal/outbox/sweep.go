@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,10 +54,10 @@ func (o *Outbox) sweepLocked(ctx context.Context) (err error) {
 	}
 	o.cleaned.Add(tidy.Cleaned)
 	if tidy.Waiting {
-		claimed, nfailed, err := o.sweepWaiting(ctx)
+		claimed, nfailed, keyErr, err := o.sweepWaiting(ctx)
 		found, failed = claimed > 0, nfailed > 0
 		if nfailed > 0 {
-			errs = append(errs, fmt.Errorf("%w: %d of %d rows' keys", errKeysFailed, nfailed, claimed))
+			errs = append(errs, fmt.Errorf("%w: %d of %d rows' keys: %w", errKeysFailed, nfailed, claimed, keyErr))
 		}
 		if err != nil {
 			failed = true
@@ -85,15 +86,17 @@ func (o *Outbox) sweepLocked(ctx context.Context) (err error) {
 }
 
 // sweepWaiting claims the waiting rows batch after batch, each after the
-// last row of the one before, until a batch comes back short.
-func (o *Outbox) sweepWaiting(ctx context.Context) (claimed, failed int, err error) {
+// last row of the one before, until a batch comes back short. keyErr is
+// the first key's delete error (it says why: cachelayer.ErrUnavailable).
+func (o *Outbox) sweepWaiting(ctx context.Context) (claimed, failed int, keyErr, err error) {
 	var after int64
 	for {
-		n, nfailed, last, err := o.sweepBatch(ctx, after)
+		n, nfailed, last, kerr, err := o.sweepBatch(ctx, after)
 		claimed += n
 		failed += nfailed
+		keyErr = cmp.Or(keyErr, kerr)
 		if err != nil || n < o.cfg.Batch {
-			return claimed, failed, err
+			return claimed, failed, keyErr, err
 		}
 		after = last
 	}
@@ -103,10 +106,10 @@ func (o *Outbox) sweepWaiting(ctx context.Context) (claimed, failed int, err err
 // its rows (however old: deleting a key costs next to nothing, and a row's
 // created_at does not tell whether its entry has expired) and marks done
 // the rows whose keys were deleted; the others keep waiting.
-func (o *Outbox) sweepBatch(ctx context.Context, after int64) (claimed, failed int, last int64, err error) {
+func (o *Outbox) sweepBatch(ctx context.Context, after int64) (claimed, failed int, last int64, keyErr, err error) {
 	tx, err := o.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("outbox: sweep: begin: %w", err)
+		return 0, 0, 0, nil, fmt.Errorf("outbox: sweep: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := dbq.New(tx)
@@ -115,7 +118,7 @@ func (o *Outbox) sweepBatch(ctx context.Context, after int64) (claimed, failed i
 		if err != nil {
 			err = fmt.Errorf("outbox: sweep: claim: %w", err)
 		}
-		return 0, 0, 0, err
+		return 0, 0, 0, nil, err
 	}
 	keys := make([]string, 0, len(rows))
 	index := make(map[string]int, len(rows)) // key → its place in keys
@@ -130,22 +133,24 @@ func (o *Outbox) sweepBatch(ctx context.Context, after int64) (claimed, failed i
 	for _, r := range rows {
 		if errs == nil || errs[index[r.CacheKey]] == nil {
 			done = append(done, r.ID)
+		} else if keyErr == nil {
+			keyErr = errs[index[r.CacheKey]]
 		}
 	}
 	claimed, failed, last = len(rows), len(rows)-len(done), rows[len(rows)-1].ID
 	if len(done) == 0 {
-		return claimed, failed, last, nil // nothing to mark; the rollback releases the rows
+		return claimed, failed, last, keyErr, nil // nothing to mark; the rollback releases the rows
 	}
 	marked, err := q.CacheOutboxMarkDone(ctx, done)
 	if err != nil {
-		return claimed, claimed, last, fmt.Errorf("outbox: sweep: mark rows done: %w", err)
+		return claimed, claimed, last, keyErr, fmt.Errorf("outbox: sweep: mark rows done: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return claimed, claimed, last, fmt.Errorf("outbox: sweep: commit: %w", err)
+		return claimed, claimed, last, keyErr, fmt.Errorf("outbox: sweep: commit: %w", err)
 	}
 	o.swept.Add(marked)
 	o.clearPending(done...)
-	return claimed, failed, last, nil
+	return claimed, failed, last, keyErr, nil
 }
 
 // seenPerBatch bounds the rows dropMoot tracks: seenPerBatch × Batch.
