@@ -20,20 +20,24 @@ WHERE id IN (
 
 -- name: CacheOutboxClaim :many
 -- Waiting rows after after_id, in id order (the sweep's cursor: a row whose
--- delete failed is not claimed again in the same sweep); rows another
--- sweeper holds are skipped, not waited for.
+-- delete failed is not claimed again in the same sweep), older by
+-- created_at than grace_seconds (rows whose writer is most likely still
+-- delivering them are left to it); rows another sweeper holds are skipped,
+-- not waited for.
 SELECT id, cache_key
 FROM cache_outbox
 WHERE domain = @domain::text
   AND done_at IS NULL
   AND id > @after_id::bigint
+  AND created_at < now() - make_interval(secs => @grace_seconds::float8)
 ORDER BY id
 LIMIT @max_rows::int
 FOR UPDATE SKIP LOCKED;
 
 -- name: CacheOutboxTidy :one
 -- One statement per sweep: removes the done rows kept longer than
--- keep_seconds and says whether any row of the domain still waits.
+-- keep_seconds, and says whether any row of the domain still waits and
+-- whether any waiting row is older (by created_at) than grace_seconds.
 WITH cleaned AS (
     DELETE FROM cache_outbox c
     WHERE c.domain = @domain::text
@@ -42,6 +46,8 @@ WITH cleaned AS (
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM cache_outbox w WHERE w.domain = @domain::text AND w.done_at IS NULL)::bool AS waiting,
+       EXISTS (SELECT 1 FROM cache_outbox g WHERE g.domain = @domain::text AND g.done_at IS NULL
+                  AND g.created_at < now() - make_interval(secs => @grace_seconds::float8))::bool AS claimable,
        (SELECT count(*) FROM cleaned)::bigint AS cleaned;
 
 -- name: CacheOutboxRecent :many

@@ -16,15 +16,17 @@ FROM cache_outbox
 WHERE domain = $1::text
   AND done_at IS NULL
   AND id > $2::bigint
+  AND created_at < now() - make_interval(secs => $3::float8)
 ORDER BY id
-LIMIT $3::int
+LIMIT $4::int
 FOR UPDATE SKIP LOCKED
 `
 
 type CacheOutboxClaimParams struct {
-	Domain  string
-	AfterID int64
-	MaxRows int32
+	Domain       string
+	AfterID      int64
+	GraceSeconds float64
+	MaxRows      int32
 }
 
 type CacheOutboxClaimRow struct {
@@ -33,10 +35,17 @@ type CacheOutboxClaimRow struct {
 }
 
 // Waiting rows after after_id, in id order (the sweep's cursor: a row whose
-// delete failed is not claimed again in the same sweep); rows another
-// sweeper holds are skipped, not waited for.
+// delete failed is not claimed again in the same sweep), older by
+// created_at than grace_seconds (rows whose writer is most likely still
+// delivering them are left to it); rows another sweeper holds are skipped,
+// not waited for.
 func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimParams) ([]CacheOutboxClaimRow, error) {
-	rows, err := q.db.Query(ctx, cacheOutboxClaim, arg.Domain, arg.AfterID, arg.MaxRows)
+	rows, err := q.db.Query(ctx, cacheOutboxClaim,
+		arg.Domain,
+		arg.AfterID,
+		arg.GraceSeconds,
+		arg.MaxRows,
+	)
 	if err != nil {
 		return nil, err
 	}
@@ -245,29 +254,34 @@ WITH cleaned AS (
     DELETE FROM cache_outbox c
     WHERE c.domain = $1::text
       AND c.done_at IS NOT NULL
-      AND c.done_at < now() - make_interval(secs => $2::float8)
+      AND c.done_at < now() - make_interval(secs => $3::float8)
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM cache_outbox w WHERE w.domain = $1::text AND w.done_at IS NULL)::bool AS waiting,
+       EXISTS (SELECT 1 FROM cache_outbox g WHERE g.domain = $1::text AND g.done_at IS NULL
+                  AND g.created_at < now() - make_interval(secs => $2::float8))::bool AS claimable,
        (SELECT count(*) FROM cleaned)::bigint AS cleaned
 `
 
 type CacheOutboxTidyParams struct {
-	Domain      string
-	KeepSeconds float64
+	Domain       string
+	GraceSeconds float64
+	KeepSeconds  float64
 }
 
 type CacheOutboxTidyRow struct {
-	Waiting bool
-	Cleaned int64
+	Waiting   bool
+	Claimable bool
+	Cleaned   int64
 }
 
 // One statement per sweep: removes the done rows kept longer than
-// keep_seconds and says whether any row of the domain still waits.
+// keep_seconds, and says whether any row of the domain still waits and
+// whether any waiting row is older (by created_at) than grace_seconds.
 func (q *Queries) CacheOutboxTidy(ctx context.Context, arg CacheOutboxTidyParams) (CacheOutboxTidyRow, error) {
-	row := q.db.QueryRow(ctx, cacheOutboxTidy, arg.Domain, arg.KeepSeconds)
+	row := q.db.QueryRow(ctx, cacheOutboxTidy, arg.Domain, arg.GraceSeconds, arg.KeepSeconds)
 	var i CacheOutboxTidyRow
-	err := row.Scan(&i.Waiting, &i.Cleaned)
+	err := row.Scan(&i.Waiting, &i.Claimable, &i.Cleaned)
 	return i, err
 }
 

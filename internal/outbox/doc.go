@@ -49,7 +49,11 @@
 // return by every instance whose cache saw the outage; rows another
 // instance leaves while Redis is up (it died between commit and delete, or
 // only it cannot reach Redis) are found within IdleInterval + Interval by
-// an idle instance, and within Interval by one that is busy.
+// an idle instance, and within Interval by one that is busy. The
+// sweeper's own sweeps leave rows younger (by created_at) than twice
+// FlushInterval to their writers, which are most likely marking them done,
+// so that instances under load do not delete each other's keys twice; a
+// waiting row of any age keeps the sweeper looking every Interval.
 //
 // The Outbox also remembers which keys this process's own invalidations are
 // still pending for, so its reads of them can bypass the cache

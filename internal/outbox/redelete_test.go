@@ -199,7 +199,7 @@ func TestEpochChangeSweepsAtOnce(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
 	clk.Advance(time.Second)
 	o.Step(ctx) // the first sweep; idle from now on
-	insert(ctx, t, domain, "left-by-a-dead-writer", 0)
+	insert(ctx, t, domain, "left-by-a-dead-writer", time.Second) // during the outage
 	clk.Advance(time.Second)
 	o.Step(ctx)
 	require.Empty(t, inv.keys(), "idle: no sweep due for an hour")

@@ -54,7 +54,7 @@ func (o *Outbox) step(ctx context.Context) {
 		wait = o.cfg.Interval
 	}
 	if o.cfg.Now().Sub(o.lastSweep) >= wait {
-		err, ran = errors.Join(err, o.sweepLocked(ctx)), true
+		err, ran = errors.Join(err, o.sweepLocked(ctx, o.claimGrace())), true
 	}
 	if !ran {
 		return

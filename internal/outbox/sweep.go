@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -27,13 +28,23 @@ var errKeysFailed = errors.New("outbox: keys not deleted")
 // the Invalidator is not Enabled it claims no rows and deletes no keys: it
 // only drops moot rows, and returns nil unless Postgres fails. Concurrent
 // calls in one process run one after the other.
+//
+// Sweep claims every waiting row; the sweeper's own sweeps leave the rows
+// younger (by created_at) than twice FlushInterval to their writers, which
+// are most likely delivering them (and look again after Interval), so that
+// instances under load do not delete each other's keys twice.
 func (o *Outbox) Sweep(ctx context.Context) error {
 	o.sweepMu.Lock()
 	defer o.sweepMu.Unlock()
-	return o.sweepLocked(ctx)
+	return o.sweepLocked(ctx, 0)
 }
 
-func (o *Outbox) sweepLocked(ctx context.Context) (err error) {
+// claimGrace is how young (by created_at) a waiting row is left to its
+// writer by the sweeper's own sweeps: the writer marks it done within
+// FlushInterval of its commit when its delete succeeds.
+func (o *Outbox) claimGrace() time.Duration { return 2 * o.cfg.FlushInterval }
+
+func (o *Outbox) sweepLocked(ctx context.Context, grace time.Duration) (err error) {
 	o.lastSweep = o.cfg.Now()
 	if !o.inv.Enabled() {
 		// Nothing to deliver; moot rows are dropped on the idle schedule.
@@ -48,14 +59,17 @@ func (o *Outbox) sweepLocked(ctx context.Context) (err error) {
 		errs = append(errs, err) // those rows still wait: claimed below, their keys deleted once more
 	}
 	pending := o.pendingIDs() // before the query: their rows committed before they were marked
-	tidy, err := dbq.New(o.pool).CacheOutboxTidy(ctx, dbq.CacheOutboxTidyParams{Domain: o.cfg.Domain, KeepSeconds: o.cfg.MaxAge.Seconds()})
+	tidy, err := dbq.New(o.pool).CacheOutboxTidy(ctx, dbq.CacheOutboxTidyParams{
+		Domain: o.cfg.Domain, KeepSeconds: o.cfg.MaxAge.Seconds(), GraceSeconds: grace.Seconds(),
+	})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("outbox: sweep: %w", err))...)
 	}
 	o.cleaned.Add(tidy.Cleaned)
-	if tidy.Waiting {
-		claimed, nfailed, keyErr, err := o.sweepWaiting(ctx)
-		found, failed = claimed > 0, nfailed > 0
+	found = tidy.Waiting // rows left to their writers too: look again after Interval
+	if tidy.Claimable {
+		claimed, nfailed, keyErr, err := o.sweepWaiting(ctx, grace)
+		failed = nfailed > 0
 		if nfailed > 0 {
 			errs = append(errs, fmt.Errorf("%w: %d of %d rows' keys: %w", errKeysFailed, nfailed, claimed, keyErr))
 		}
@@ -88,10 +102,10 @@ func (o *Outbox) sweepLocked(ctx context.Context) (err error) {
 // sweepWaiting claims the waiting rows batch after batch, each after the
 // last row of the one before, until a batch comes back short. keyErr is
 // the first key's delete error (it says why: cachelayer.ErrUnavailable).
-func (o *Outbox) sweepWaiting(ctx context.Context) (claimed, failed int, keyErr, err error) {
+func (o *Outbox) sweepWaiting(ctx context.Context, grace time.Duration) (claimed, failed int, keyErr, err error) {
 	var after int64
 	for {
-		n, nfailed, last, kerr, err := o.sweepBatch(ctx, after)
+		n, nfailed, last, kerr, err := o.sweepBatch(ctx, after, grace)
 		claimed += n
 		failed += nfailed
 		keyErr = cmp.Or(keyErr, kerr)
@@ -106,14 +120,16 @@ func (o *Outbox) sweepWaiting(ctx context.Context) (claimed, failed int, keyErr,
 // its rows (however old: deleting a key costs next to nothing, and a row's
 // created_at does not tell whether its entry has expired) and marks done
 // the rows whose keys were deleted; the others keep waiting.
-func (o *Outbox) sweepBatch(ctx context.Context, after int64) (claimed, failed int, last int64, keyErr, err error) {
+func (o *Outbox) sweepBatch(ctx context.Context, after int64, grace time.Duration) (claimed, failed int, last int64, keyErr, err error) {
 	tx, err := o.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return 0, 0, 0, nil, fmt.Errorf("outbox: sweep: begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	q := dbq.New(tx)
-	rows, err := q.CacheOutboxClaim(ctx, dbq.CacheOutboxClaimParams{Domain: o.cfg.Domain, AfterID: after, MaxRows: int32(o.cfg.Batch)})
+	rows, err := q.CacheOutboxClaim(ctx, dbq.CacheOutboxClaimParams{
+		Domain: o.cfg.Domain, AfterID: after, GraceSeconds: grace.Seconds(), MaxRows: int32(o.cfg.Batch),
+	})
 	if err != nil || len(rows) == 0 {
 		if err != nil {
 			err = fmt.Errorf("outbox: sweep: claim: %w", err)

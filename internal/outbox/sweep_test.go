@@ -103,3 +103,38 @@ func TestMootRowsOfFailingKeysOnly(t *testing.T) {
 		`SELECT count(*) FROM cache_outbox WHERE domain = $1 AND done_at IS NOT NULL`, domain).Scan(&done))
 	require.Equal(t, 1, done, "kept for re-deletes")
 }
+
+// TestSweeperLeavesYoungRowsToTheirWriter: the sweeper's own sweeps claim
+// no row younger than twice FlushInterval (its writer is most likely
+// marking it done: another instance under load would otherwise delete its
+// keys a second time), costing one statement while they wait; it keeps
+// looking every Interval, and Sweep claims every row.
+func TestSweeperLeavesYoungRowsToTheirWriter(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pool, tracer := tracedPool(t)
+	inv := &invalidator{}
+	clk := &clock{now: time.Now()}
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(pool, inv, outbox.Config{
+		Domain: domain, Interval: time.Second, IdleInterval: time.Hour,
+		FlushInterval: 10 * time.Second, EpochPoll: time.Hour, Now: clk.Now, // a grace of 20 s
+	})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+	insert(ctx, t, domain, "in-flight", 0)
+	insert(ctx, t, domain, "left-behind", time.Minute)
+
+	clk.Advance(time.Second)
+	o.Step(ctx)
+	require.Equal(t, []string{"left-behind"}, inv.keys())
+	before := tracer.Count()
+	clk.Advance(time.Second)
+	o.Step(ctx)
+	require.Equal(t, []string{"left-behind"}, inv.keys(), "still young")
+	require.Equal(t, int64(1), tracer.Count()-before, "a look every Interval while a row waits: one statement")
+
+	require.NoError(t, o.Sweep(ctx))
+	require.ElementsMatch(t, []string{"left-behind", "in-flight"}, inv.keys())
+	require.Zero(t, depth(ctx, t, o))
+}
