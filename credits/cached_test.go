@@ -233,7 +233,8 @@ func TestCachedLostInvalidation(t *testing.T) {
 	user := testsvc.NewID()
 	_, err := reader.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
-	waitOutboxRowsGone(ctx, t, prefix+credits.Key(user, enrichment)) // the add's row is marked done (batched)
+	// First the add's row is marked done (batched).
+	waitOutboxRowsGone(ctx, t, prefix+credits.Key(user, enrichment))
 	old := mustBalance(ctx, t, reader.repo, user) // cached in Redis now
 	require.Equal(t, int64(100), old.Amount)
 

@@ -87,7 +87,8 @@ func TestCachedNoCacheWriterLeavesRowForCachedInstances(t *testing.T) {
 	fullKey := cached.cache.FullKey(credits.Key(user, enrichment))
 	_, err := cached.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
-	waitOutboxRowsGone(ctx, t, fullKey) // the add's row is marked done (batched, within ~100 ms)
+	// First the add's row is marked done (batched, within ~100 ms).
+	waitOutboxRowsGone(ctx, t, fullKey)
 	old := mustBalance(ctx, t, cached.repo, user) // cached in Redis now
 
 	want, err := writer.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
@@ -129,7 +130,8 @@ func TestCachedClosedCacheTakesNoRows(t *testing.T) {
 	fullKey := healthy.cache.FullKey(credits.Key(user, enrichment))
 	_, err := healthy.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
-	waitOutboxRowsGone(ctx, t, fullKey) // the add's row is marked done (batched, within ~100 ms)
+	// First the add's row is marked done (batched, within ~100 ms).
+	waitOutboxRowsGone(ctx, t, fullKey)
 	old := mustBalance(ctx, t, healthy.repo, user) // cached
 	proxy.Block()
 	want, err := cutOff.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})

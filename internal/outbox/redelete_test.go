@@ -198,7 +198,7 @@ func TestEpochChangeSweepsAtOnce(t *testing.T) {
 	})
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
 	clk.Advance(time.Second)
-	o.Step(ctx) // the first sweep; idle from now on
+	o.Step(ctx)                                                  // the first sweep; idle from now on
 	insert(ctx, t, domain, "left-by-a-dead-writer", time.Second) // during the outage
 	clk.Advance(time.Second)
 	o.Step(ctx)
