@@ -22,14 +22,15 @@ WHERE id IN (
 -- Waiting rows after after_id, in id order (the sweep's cursor: a row whose
 -- delete failed is not claimed again in the same sweep), older by
 -- created_at than grace_seconds (rows whose writer is most likely still
--- delivering them are left to it); rows another sweeper holds are skipped,
--- not waited for.
+-- delivering them are left to it; measured from this statement's start, not
+-- the transaction's, so grace 0 takes every row committed before it); rows
+-- another sweeper holds are skipped, not waited for.
 SELECT id, cache_key
 FROM cache_outbox
 WHERE domain = @domain::text
   AND done_at IS NULL
   AND id > @after_id::bigint
-  AND created_at < now() - make_interval(secs => @grace_seconds::float8)
+  AND created_at < statement_timestamp() - make_interval(secs => @grace_seconds::float8)
 ORDER BY id
 LIMIT @max_rows::int
 FOR UPDATE SKIP LOCKED;

@@ -16,7 +16,7 @@ FROM cache_outbox
 WHERE domain = $1::text
   AND done_at IS NULL
   AND id > $2::bigint
-  AND created_at < now() - make_interval(secs => $3::float8)
+  AND created_at < statement_timestamp() - make_interval(secs => $3::float8)
 ORDER BY id
 LIMIT $4::int
 FOR UPDATE SKIP LOCKED
@@ -37,8 +37,9 @@ type CacheOutboxClaimRow struct {
 // Waiting rows after after_id, in id order (the sweep's cursor: a row whose
 // delete failed is not claimed again in the same sweep), older by
 // created_at than grace_seconds (rows whose writer is most likely still
-// delivering them are left to it); rows another sweeper holds are skipped,
-// not waited for.
+// delivering them are left to it; measured from this statement's start, not
+// the transaction's, so grace 0 takes every row committed before it); rows
+// another sweeper holds are skipped, not waited for.
 func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimParams) ([]CacheOutboxClaimRow, error) {
 	rows, err := q.db.Query(ctx, cacheOutboxClaim,
 		arg.Domain,
