@@ -258,7 +258,9 @@ func ratio(a, b float64) float64 {
 // (issue 5's stampede and staleness guarantees, issue 11's costs).
 func benchTargets(r *bench.Results) []target {
 	var out []target
-	add := func(met bool, format string, args ...any) { out = append(out, target{fmt.Sprintf(format, args...), met}) }
+	add := func(met bool, format string, args ...any) {
+		out = append(out, target{fmt.Sprintf(format, args...), met})
+	}
 	hit := func(system string, g int) *bench.HitRow {
 		for i := range r.Hits {
 			if r.Hits[i].System == system && r.Hits[i].Goroutines == g {

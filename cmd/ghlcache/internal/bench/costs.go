@@ -114,4 +114,3 @@ func medianCosts(cs []Costs) Costs {
 		AllocsPerOp:             f(func(c Costs) float64 { return c.AllocsPerOp }),
 	}
 }
-

@@ -201,7 +201,7 @@ func (s *goRedisCacheSystem) HitsMisses() (hits, misses int64) {
 	st := s.c.Stats()
 	return int64(st.Hits), int64(st.Misses)
 }
-func (s *goRedisCacheSystem) Close() error                  { return s.rdb.Close() }
+func (s *goRedisCacheSystem) Close() error { return s.rdb.Close() }
 
 // ghlcacheSystem is the library under test: credits.Cached on cachelayer.
 type ghlcacheSystem struct {
