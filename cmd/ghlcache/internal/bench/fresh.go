@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync/atomic"
 
+	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
 )
 
@@ -17,32 +18,65 @@ type ColdRow struct {
 	Reads     int64   `json:"reads"`
 	Writes    int64   `json:"writes"`
 	Costs
-	ReadP50    Duration        `json:"read_p50"`
-	ReadP99    Duration        `json:"read_p99"`
-	WriteP50   Duration        `json:"write_p50,omitzero"`
-	StaleReads int64           `json:"stale_reads"`
-	Cache      *CacheBreakdown `json:"ghlcache_stats,omitempty"` // ghlcache's counters over the last round
+	ReadP50    Duration       `json:"read_p50"`
+	ReadP99    Duration       `json:"read_p99"`
+	WriteP50   Duration       `json:"write_p50,omitzero"`
+	StaleReads int64          `json:"stale_reads"`
+	Cache      *CacheCounters `json:"ghlcache_stats,omitempty"` // ghlcache's counters over the last round
 }
 
-// CacheBreakdown is where a ghlcache workload's reads went, from
-// cachelayer.Stats summed over the instances: what its hit ratio is made of.
-type CacheBreakdown struct {
+// CacheCounters are cachelayer.Stats counters, with JSON names.
+type CacheCounters struct {
 	Hits                 int64 `json:"hits"`
 	Misses               int64 `json:"misses"`
 	Loads                int64 `json:"loads"`
 	LoadsShared          int64 `json:"loads_shared"`
 	LeaseWaits           int64 `json:"lease_waits"`
 	StaleFillsRejected   int64 `json:"stale_fills_rejected"`
+	Corrupt              int64 `json:"corrupt"`
+	Oversize             int64 `json:"oversize"`
+	RedisErrors          int64 `json:"redis_errors"`
 	Fallbacks            int64 `json:"fallbacks"`
 	Invalidations        int64 `json:"invalidations"`
 	InvalidationFailures int64 `json:"invalidation_failures"`
+	Recoveries           int64 `json:"recoveries"`
+}
+
+// StatsDelta returns the counters of a since b.
+func StatsDelta(a, b cachelayer.Stats) CacheCounters {
+	return CacheCounters{
+		Hits:                 a.Hits - b.Hits,
+		Misses:               a.Misses - b.Misses,
+		Loads:                a.Loads - b.Loads,
+		LoadsShared:          a.LoadsShared - b.LoadsShared,
+		LeaseWaits:           a.LeaseWaits - b.LeaseWaits,
+		StaleFillsRejected:   a.StaleFillsRejected - b.StaleFillsRejected,
+		Corrupt:              a.Corrupt - b.Corrupt,
+		Oversize:             a.Oversize - b.Oversize,
+		RedisErrors:          a.RedisErrors - b.RedisErrors,
+		Fallbacks:            a.Fallbacks - b.Fallbacks,
+		Invalidations:        a.Invalidations - b.Invalidations,
+		InvalidationFailures: a.InvalidationFailures - b.InvalidationFailures,
+		Recoveries:           a.Recoveries - b.Recoveries,
+	}
+}
+
+// Add returns the sum of c and o.
+func (c CacheCounters) Add(o CacheCounters) CacheCounters {
+	return CacheCounters{
+		Hits: c.Hits + o.Hits, Misses: c.Misses + o.Misses, Loads: c.Loads + o.Loads, LoadsShared: c.LoadsShared + o.LoadsShared,
+		LeaseWaits: c.LeaseWaits + o.LeaseWaits, StaleFillsRejected: c.StaleFillsRejected + o.StaleFillsRejected,
+		Corrupt: c.Corrupt + o.Corrupt, Oversize: c.Oversize + o.Oversize, RedisErrors: c.RedisErrors + o.RedisErrors,
+		Fallbacks: c.Fallbacks + o.Fallbacks, Invalidations: c.Invalidations + o.Invalidations,
+		InvalidationFailures: c.InvalidationFailures + o.InvalidationFailures, Recoveries: c.Recoveries + o.Recoveries,
+	}
 }
 
 // freshResult is one run of runFresh.
 type freshResult struct {
 	load  *LoadResult
 	costs Costs
-	cache *CacheBreakdown
+	cache *CacheCounters
 }
 
 // runFresh builds one new instance of kind per env (cold caches under
@@ -81,18 +115,9 @@ func runFresh(ctx context.Context, kind Kind, envs []SystemEnv, load MixedLoad, 
 	}
 	res.load, res.costs = r, m.Stop(r.Reads, r.Writes, r.CPU)
 	if kind == KindGhlcache {
-		b := &CacheBreakdown{}
+		b := &CacheCounters{}
 		for _, s := range insts {
-			st := s.(*ghlcacheSystem).Stats()
-			b.Hits += st.Hits
-			b.Misses += st.Misses
-			b.Loads += st.Loads
-			b.LoadsShared += st.LoadsShared
-			b.LeaseWaits += st.LeaseWaits
-			b.StaleFillsRejected += st.StaleFillsRejected
-			b.Fallbacks += st.Fallbacks
-			b.Invalidations += st.Invalidations
-			b.InvalidationFailures += st.InvalidationFailures
+			*b = b.Add(StatsDelta(s.(*ghlcacheSystem).Stats(), cachelayer.Stats{}))
 		}
 		res.cache = b
 	}
