@@ -67,8 +67,12 @@ var (
 // Key returns the cache key of a definition, "workflow:{id}:definition"
 // (the cache adds its namespace, "ghl:" by default).
 func Key(id int64) string {
-	return "workflow:" + strconv.FormatInt(id, 10) + ":definition"
+	return keyHead + strconv.FormatInt(id, 10) + keyTail
 }
+
+// A definition's key is keyHead + id + keyTail; a create builds it in SQL,
+// where the new id is known.
+const keyHead, keyTail = "workflow:", ":definition"
 
 func validateID(id int64) error {
 	if id <= 0 {
