@@ -46,9 +46,9 @@ func TestWriteRoundTrips(t *testing.T) {
 			keyed := credits.Change{UserID: user, Type: enrichment, Amount: 40, IdempotencyKey: "rt-add"}
 			var first credits.Balance
 			steps := []struct {
-				name string
-				call func(context.Context) error
-				want error // nil: succeeds
+				name  string
+				call  func(context.Context) error
+				want  error // nil: succeeds
 				trips []string
 			}{
 				{"Add creating the row", func(ctx context.Context) error {
