@@ -61,6 +61,8 @@ var (
 	// was being committed (its reply was lost), so it may or may not have
 	// been applied; [Cached] invalidates the definition as if it had been.
 	// Read the definition to find out (an applied Save has the new Version).
+	// A create (ID 0) whose reply was lost returns no id: if it was
+	// applied, the definition exists under an id the caller never learnt.
 	ErrCommitUnknown = errors.New("workflows: commit outcome unknown")
 )
 
