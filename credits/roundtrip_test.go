@@ -252,3 +252,24 @@ func TestRacingSameKeyRoundTrips(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteWithoutConnectionIsNotCommitUnknown: a write that cannot get a
+// connection (Postgres unreachable) certainly sent nothing, so it fails
+// with a plain error, not ErrCommitUnknown.
+func TestWriteWithoutConnectionIsNotCommitUnknown(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	pool, proxy := testsvc.NewPoolThrough(t, func(c *pgxpool.Config) {
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return true }
+	})
+	store := credits.NewStore(pool)
+	user := testsvc.NewID()
+	_, err := store.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1})
+	require.NoError(t, err)
+	proxy.Block()
+	for _, apply := range []func(context.Context, credits.Change) (credits.Balance, error){store.Add, store.Deduct} {
+		_, err = apply(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: "k"})
+		require.Error(t, err)
+		require.NotErrorIs(t, err, credits.ErrCommitUnknown)
+	}
+}

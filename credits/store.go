@@ -122,7 +122,14 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, ob *outbox.Out
 		domain, full := ob.Domain(), ob.FullKey(key)
 		arg.OutboxDomain, arg.OutboxKey = &domain, &full
 	}
-	row, err := dbq.New(s.pool).CreditApply(ctx, arg)
+	// Acquire apart, so that a failure to connect (nothing sent) is never
+	// taken for a statement whose outcome is unknown.
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return Balance{}, none, fmt.Errorf("credits: %s: %w", op, err)
+	}
+	row, err := dbq.New(conn).CreditApply(ctx, arg)
+	conn.Release()
 	switch err := interpretError(err); {
 	case err == nil:
 	case errors.Is(err, errKeyRaced): // a racing first attempt took the key; nothing was written
@@ -191,9 +198,8 @@ func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, fo
 }
 
 // errNoRow is interpretError's pgx.ErrNoRows: the statement matched no row.
-// What that means is each caller's to say (no change yet, too little to
-// deduct, an idempotency key taken by a racing attempt, a key never used);
-// it never leaves the store.
+// What that means is each caller's to say (no change yet, a key never
+// used); it never leaves the store.
 var errNoRow = errors.New("credits: no row")
 
 // errKeyRaced is interpretError's SQLSTATE GHL01 from credit_apply: a

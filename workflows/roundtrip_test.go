@@ -126,3 +126,27 @@ func TestWriteOutboxRowOnlyWithCache(t *testing.T) {
 	_, err = testsvc.Pool(t).Exec(ctx, `DELETE FROM cache_outbox WHERE cache_key = $1`, want)
 	require.NoError(t, err)
 }
+
+// TestWriteWithoutConnectionIsNotCommitUnknown: a Save or Delete that
+// cannot get a connection (Postgres unreachable) certainly sent nothing, so
+// it fails with a plain error, not ErrCommitUnknown.
+func TestWriteWithoutConnectionIsNotCommitUnknown(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	pool, proxy := testsvc.NewPoolThrough(t, func(c *pgxpool.Config) {
+		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return true }
+	})
+	store := workflows.NewStore(pool)
+	d, err := store.Save(ctx, workflows.Definition{Name: "x", Spec: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	proxy.Block()
+	_, err = store.Save(ctx, workflows.Definition{Name: "y", Spec: json.RawMessage(`{}`)})
+	require.Error(t, err)
+	require.NotErrorIs(t, err, workflows.ErrCommitUnknown)
+	_, err = store.Save(ctx, d)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, workflows.ErrCommitUnknown)
+	err = store.Delete(ctx, d.ID)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, workflows.ErrCommitUnknown)
+}

@@ -76,7 +76,14 @@ func (s *Store) save(ctx context.Context, d Definition, ob *outbox.Outbox) (_ De
 	if err != nil {
 		return Definition{}, none, err
 	}
-	q := dbq.New(s.pool)
+	// Acquire apart, so that a failure to connect (nothing sent) is never
+	// taken for a statement whose outcome is unknown.
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
+	}
+	defer conn.Release()
+	q := dbq.New(conn)
 	domain := outboxDomain(ob)
 	var row dbq.WorkflowDefinition
 	var outboxID int64
@@ -137,9 +144,14 @@ func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv ou
 	if err := validateID(id); err != nil {
 		return none, err
 	}
-	r, err := dbq.New(s.pool).WorkflowDefinitionDelete(ctx, dbq.WorkflowDefinitionDeleteParams{
+	conn, err := s.pool.Acquire(ctx) // apart, as in save
+	if err != nil {
+		return none, fmt.Errorf("workflows: delete %d: %w", id, err)
+	}
+	r, err := dbq.New(conn).WorkflowDefinitionDelete(ctx, dbq.WorkflowDefinitionDeleteParams{
 		ID: id, OutboxDomain: outboxDomain(ob), OutboxKey: outboxKey(ob, id),
 	})
+	conn.Release()
 	switch err := interpretError(err); {
 	case err == nil:
 	case pgretry.CommitUnknown(err):
