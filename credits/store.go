@@ -15,9 +15,10 @@ import (
 )
 
 // Store is the Postgres implementation of [Repo]. Each change is one
-// READ COMMITTED transaction: the balance row, a ledger row and, when a
-// cached decorator asks for it, an outbox row naming the cache key to
-// invalidate. It is safe for concurrent use.
+// statement in autocommit (one round trip, its own READ COMMITTED
+// transaction): the balance row, a ledger row and, when a cached decorator
+// asks for it, an outbox row naming the cache key to invalidate. It is safe
+// for concurrent use.
 type Store struct {
 	pool *pgxpool.Pool
 }
@@ -84,18 +85,25 @@ func (s *Store) History(ctx context.Context, userID int64, t Type, limit int) ([
 }
 
 // change applies c with the sign of delta (+1 add, -1 deduct) in one
-// transaction. When ob is not nil, the same transaction records the
-// balance's key in ob (domain OutboxDomain), so the invalidation is durable
-// exactly when the change is; inv is that row (zero when no row was
-// written: no outbox, or an idempotent replay).
+// statement, credit_apply (db/migrations/00004_write_path.sql), run in
+// autocommit: one round trip in the common case. When ob is not nil, the
+// same statement writes the balance's outbox row (domain ob.Domain(), the
+// full key), so the invalidation is durable exactly when the change is; inv
+// is that row (zero when no row was written: no outbox, an idempotent
+// replay, too little to deduct).
 //
-// When the COMMIT's outcome is unknown (its reply was lost), change returns
-// an error that Is ErrCommitUnknown together with inv: the row exists
-// exactly if the change was applied, and the caller invalidates as if it was.
+// When the statement's outcome is unknown (its reply was lost: in
+// autocommit the statement is its own COMMIT), change returns an error that
+// Is ErrCommitUnknown together with an inv whose row id is unknown
+// ([outbox.Outbox.Unrecorded]): the row exists exactly if the change was
+// applied, and the caller invalidates as if it was. Writes are never
+// retried here.
 //
-// Idempotency: a key already in the ledger returns its entry's result. Two
-// racing first attempts serialise on the balance row lock and the ledger's
-// unique index; the loser rolls back and returns the winner's result.
+// Idempotency: a key already in the ledger returns its entry's result (no
+// second round trip). Two racing first attempts serialise on the balance
+// row lock and the ledger's unique index; the loser's statement fails as a
+// whole (SQLSTATE GHL01, nothing written) and change reads the winner's
+// result: one more round trip, only in that race.
 func (s *Store) change(ctx context.Context, c Change, sign int64, ob *outbox.Outbox) (_ Balance, inv outbox.Invalidation, _ error) {
 	none := outbox.Invalidation{}
 	if err := c.Validate(); err != nil {
@@ -105,73 +113,64 @@ func (s *Store) change(ctx context.Context, c Change, sign int64, ob *outbox.Out
 	if sign < 0 {
 		op = "deduct"
 	}
+	key := Key(c.UserID, c.Type)
+	arg := dbq.CreditApplyParams{UserID: c.UserID, CreditType: string(c.Type), Delta: sign * c.Amount, Reason: c.Reason}
 	if c.IdempotencyKey != "" {
-		b, found, err := s.replay(ctx, c, sign)
-		if err != nil || found {
-			return b, none, err
-		}
+		arg.IdempotencyKey = &c.IdempotencyKey
 	}
-
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if ob != nil {
+		domain, full := ob.Domain(), ob.FullKey(key)
+		arg.OutboxDomain, arg.OutboxKey = &domain, &full
+	}
+	// Acquire apart, so that a failure to connect (nothing sent) is never
+	// taken for a statement whose outcome is unknown.
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return Balance{}, none, fmt.Errorf("credits: %s: begin: %w", op, err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := dbq.New(tx)
-
-	var row dbq.CreditBalance
-	if sign > 0 {
-		row, err = q.CreditBalanceAdd(ctx, dbq.CreditBalanceAddParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
-	} else {
-		row, err = q.CreditBalanceDeduct(ctx, dbq.CreditBalanceDeductParams{UserID: c.UserID, CreditType: string(c.Type), Amount: c.Amount})
-	}
-	switch err = interpretError(err); {
-	case sign > 0 && errors.Is(err, ErrInvalid): // out of range
-		return Balance{}, none, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
-	case errors.Is(err, errNoRow): // only a deduct's UPDATE is conditional: too little
-		_ = tx.Rollback(ctx)
-		if c.IdempotencyKey != "" {
-			// A racing first attempt with this key may have taken the
-			// credits; our UPDATE waited for its commit.
-			if b, found, err := s.replay(ctx, c, sign); err != nil || found {
-				return b, none, err
-			}
-		}
-		return Balance{}, none, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
-	case err != nil:
 		return Balance{}, none, fmt.Errorf("credits: %s: %w", op, err)
 	}
-
-	var key *string
-	if c.IdempotencyKey != "" {
-		key = &c.IdempotencyKey
-	}
-	_, err = q.CreditLedgerInsert(ctx, dbq.CreditLedgerInsertParams{
-		UserID: c.UserID, CreditType: string(c.Type), Delta: sign * c.Amount,
-		BalanceAfter: row.Balance, VersionAfter: row.Version, Reason: c.Reason, IdempotencyKey: key,
-	})
-	switch err = interpretError(err); {
-	case errors.Is(err, errNoRow): // the idempotency key won a race elsewhere
-		_ = tx.Rollback(ctx)
+	row, err := dbq.New(conn).CreditApply(ctx, arg)
+	conn.Release()
+	switch err := interpretError(err); {
+	case err == nil:
+	case errors.Is(err, errKeyRaced): // a racing first attempt took the key; nothing was written
 		b, found, err := s.replay(ctx, c, sign)
 		if err == nil && !found {
 			err = fmt.Errorf("credits: %s: idempotency key %q vanished", op, c.IdempotencyKey)
 		}
 		return b, none, err
-	case err != nil:
-		return Balance{}, none, fmt.Errorf("credits: %s: ledger: %w", op, err)
-	}
-	if inv, err = ob.Record(ctx, tx, Key(c.UserID, c.Type)); err != nil {
+	case sign > 0 && errors.Is(err, ErrInvalid): // out of range
+		return Balance{}, none, fmt.Errorf("%w: adding %d to user %d %s would overflow the balance", ErrInvalid, c.Amount, c.UserID, c.Type)
+	case pgretry.CommitUnknown(err):
+		return Balance{}, ob.Unrecorded(key), fmt.Errorf("%w: %s: %w", ErrCommitUnknown, op, err)
+	default:
 		return Balance{}, none, fmt.Errorf("credits: %s: %w", op, err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		if pgretry.CommitUnknown(err) {
-			return Balance{}, inv, fmt.Errorf("%w: %s: %w", ErrCommitUnknown, op, err)
+
+	b := Balance{UserID: c.UserID, Type: c.Type, Amount: row.Balance, Version: row.Version, UpdatedAt: row.UpdatedAt.UTC()}
+	switch row.Outcome {
+	case outcomeApplied:
+		if row.OutboxID != 0 {
+			inv = outbox.Invalidation{ID: row.OutboxID, Key: *arg.OutboxKey}
 		}
-		return Balance{}, none, fmt.Errorf("credits: %s: commit: %w", op, err)
+		return b, inv, nil
+	case outcomeReplay:
+		if row.FirstDelta != arg.Delta {
+			return Balance{}, none, fmt.Errorf("%w: key %q first applied delta %d, now asked %d",
+				ErrIdempotencyConflict, c.IdempotencyKey, row.FirstDelta, arg.Delta)
+		}
+		return b, none, nil
+	case outcomeInsufficient:
+		return Balance{}, none, fmt.Errorf("%w: user %d %s has less than %d", ErrInsufficient, c.UserID, c.Type, c.Amount)
 	}
-	return balanceFromRow(row), inv, nil
+	return Balance{}, none, fmt.Errorf("credits: %s: unknown outcome %q", op, row.Outcome)
 }
+
+// The outcomes of credit_apply.
+const (
+	outcomeApplied      = "applied"
+	outcomeReplay       = "replay"
+	outcomeInsufficient = "insufficient"
+)
 
 // replay looks c.IdempotencyKey up in the ledger. found reports whether the
 // key was used; then the result is the first application's balance, or
@@ -199,21 +198,32 @@ func (s *Store) replay(ctx context.Context, c Change, sign int64) (b Balance, fo
 }
 
 // errNoRow is interpretError's pgx.ErrNoRows: the statement matched no row.
-// What that means is each caller's to say (no change yet, too little to
-// deduct, an idempotency key taken by a racing attempt, a key never used);
-// it never leaves the store.
+// What that means is each caller's to say (no change yet, a key never
+// used); it never leaves the store.
 var errNoRow = errors.New("credits: no row")
 
+// errKeyRaced is interpretError's SQLSTATE GHL01 from credit_apply: a
+// racing change with the same idempotency key committed first, and this
+// statement wrote nothing. It never leaves the store.
+var errKeyRaced = errors.New("credits: idempotency key taken by a racing change")
+
+// sqlstateKeyRaced is the SQLSTATE credit_apply raises for errKeyRaced.
+const sqlstateKeyRaced = "GHL01"
+
 // interpretError is the store's one translation of driver errors, applied
-// to the result of every query: pgx.ErrNoRows becomes errNoRow and
+// to the result of every query: pgx.ErrNoRows becomes errNoRow,
 // numeric_value_out_of_range (a balance past the bigint range) an error
-// that Is ErrInvalid; any other error is returned as it is.
+// that Is ErrInvalid and credit_apply's GHL01 errKeyRaced; any other error
+// is returned as it is.
 func interpretError(err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNoRow
 	}
-	if pgretry.Code(err) == pgerrcode.NumericValueOutOfRange {
+	switch pgretry.Code(err) {
+	case pgerrcode.NumericValueOutOfRange:
 		return fmt.Errorf("%w: out of range: %w", ErrInvalid, err)
+	case sqlstateKeyRaced:
+		return fmt.Errorf("%w: %w", errKeyRaced, err)
 	}
 	return err // nil stays nil
 }

@@ -13,14 +13,17 @@ import (
 	"github.com/ghl-agency/ghlcache/workflows"
 )
 
-// TestCachedCommitReplyLost: a Save and then a Delete whose COMMIT reached
-// Postgres but whose reply was lost return ErrCommitUnknown, and the writer
-// invalidated the definition anyway: its next read is what Postgres holds,
-// not its cached copy.
+// TestCachedCommitReplyLost: a Save and then a Delete whose statement (in
+// autocommit, its own COMMIT) reached Postgres but whose reply was lost
+// return ErrCommitUnknown, and the writer invalidated the definition
+// anyway: its next read is what Postgres holds, not its cached copy.
 func TestCachedCommitReplyLost(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	lose := &testsvc.LostReplyTracer{SQL: "commit"}
+	// Armed just before the Save and the Delete, whose statements are then
+	// the next ones on the pool that name a WorkflowDefinition query (its
+	// outbox remover and sweeper run only cache_outbox queries).
+	lose := &testsvc.LostExecReplyTracer{Match: "-- name: WorkflowDefinition"}
 	pool, proxy := testsvc.NewPoolThrough(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = lose })
 	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = cache.Close() })
@@ -38,7 +41,7 @@ func TestCachedCommitReplyLost(t *testing.T) {
 	lose.Arm(proxy)
 	_, err = writer.Save(ctx, d)
 	require.ErrorIs(t, err, workflows.ErrCommitUnknown)
-	require.Equal(t, int64(1), lose.Fired(), "the COMMIT's reply was the one lost")
+	require.Equal(t, int64(1), lose.Fired(), "the statement's reply was the one lost")
 	saved, err := store.Definition(ctx, d.ID)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), saved.Version, "Postgres did commit the save")

@@ -16,7 +16,9 @@ import (
 	"github.com/ghl-agency/ghlcache/internal/pgretry"
 )
 
-// Store is the Postgres implementation of [Repo]. It is safe for concurrent
+// Store is the Postgres implementation of [Repo]. Each Save and Delete is
+// one statement in autocommit (one round trip), which also writes the
+// outbox row when a cached decorator asks for it. It is safe for concurrent
 // use.
 type Store struct {
 	pool *pgxpool.Pool
@@ -60,93 +62,129 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 	return err
 }
 
-// save is Save; when ob is not nil, the same transaction records the
-// definition's key in ob and inv is that row (also on create: a "not
-// found" marker cached for an id must not hide it once it exists). When the
-// COMMIT's outcome is unknown, save returns an error that Is
-// ErrCommitUnknown together with inv, so that the caller can invalidate as
-// if it committed.
+// save is Save, one statement in autocommit (one round trip). When ob is
+// not nil, the same statement writes the definition's outbox row and inv is
+// that row (also on create: a "not found" marker cached for an id must not
+// hide it once it exists). When the statement's outcome is unknown (its
+// reply was lost; in autocommit it is its own COMMIT), save returns an error
+// that Is ErrCommitUnknown together with an inv whose row id is unknown, so
+// that the caller can invalidate as if it committed — except for a create,
+// whose id never arrived: its row, if it committed, is the sweeper's.
 func (s *Store) save(ctx context.Context, d Definition, ob *outbox.Outbox) (_ Definition, inv outbox.Invalidation, _ error) {
 	none := outbox.Invalidation{}
 	spec, err := normalize(d)
 	if err != nil {
 		return Definition{}, none, err
 	}
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	// Acquire apart, so that a failure to connect (nothing sent) is never
+	// taken for a statement whose outcome is unknown.
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return Definition{}, none, fmt.Errorf("workflows: save: begin: %w", err)
+		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := dbq.New(tx)
-
+	defer conn.Release()
+	q := dbq.New(conn)
+	domain := outboxDomain(ob)
 	var row dbq.WorkflowDefinition
+	var outboxID int64
 	if d.ID == 0 {
-		row, err = q.WorkflowDefinitionInsert(ctx, dbq.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec})
+		arg := dbq.WorkflowDefinitionInsertParams{Name: d.Name, Spec: spec, OutboxDomain: domain}
+		if domain != nil {
+			head, tail := ob.FullKey(keyHead), keyTail
+			arg.OutboxKeyHead, arg.OutboxKeyTail = &head, &tail
+		}
+		var r dbq.WorkflowDefinitionInsertRow
+		r, err = q.WorkflowDefinitionInsert(ctx, arg)
+		row = dbq.WorkflowDefinition{ID: r.ID, Name: r.Name, Version: r.Version, Spec: r.Spec, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+		outboxID = r.OutboxID
 	} else {
-		row, err = q.WorkflowDefinitionUpdate(ctx, dbq.WorkflowDefinitionUpdateParams{Name: d.Name, Spec: spec, ID: d.ID, Version: d.Version})
-	}
-	switch err = interpretError(err); {
-	case errors.Is(err, ErrNotFound): // the update matched no row: find out why
-		exists, err := q.WorkflowDefinitionExists(ctx, d.ID)
+		var r dbq.WorkflowDefinitionUpdateRow
+		r, err = q.WorkflowDefinitionUpdate(ctx, dbq.WorkflowDefinitionUpdateParams{
+			ID: d.ID, Name: d.Name, Spec: spec, Version: d.Version, OutboxDomain: domain, OutboxKey: outboxKey(ob, d.ID),
+		})
 		switch {
 		case err != nil:
-			return Definition{}, none, fmt.Errorf("workflows: save: %w", interpretError(err))
-		case exists:
+		case !r.Updated && r.Present:
 			return Definition{}, none, fmt.Errorf("%w: definition %d is not at version %d", ErrConflict, d.ID, d.Version)
-		default:
+		case !r.Updated:
 			return Definition{}, none, fmt.Errorf("%w: id %d", ErrNotFound, d.ID)
 		}
+		row = dbq.WorkflowDefinition{ID: r.ID, Name: r.Name, Version: r.Version, Spec: r.Spec, UpdatedAt: r.UpdatedAt}
+		outboxID = r.OutboxID
+	}
+	switch err = interpretError(err); {
+	case err == nil:
 	case errors.Is(err, ErrInvalid):
 		return Definition{}, none, err
-	case err != nil:
+	case pgretry.CommitUnknown(err):
+		if d.ID != 0 {
+			inv = ob.Unrecorded(Key(d.ID))
+		}
+		return Definition{}, inv, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, d.ID, err)
+	default:
 		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
 	}
-	if inv, err = ob.Record(ctx, tx, Key(row.ID)); err != nil {
-		return Definition{}, none, fmt.Errorf("workflows: save: %w", err)
+	if outboxID != 0 {
+		inv = outbox.Invalidation{ID: outboxID, Key: ob.FullKey(Key(row.ID))}
 	}
 	out, err := definitionFromRow(row)
 	if err != nil {
-		return Definition{}, none, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		if pgretry.CommitUnknown(err) {
-			return Definition{}, inv, fmt.Errorf("%w: save %d: %w", ErrCommitUnknown, out.ID, err)
-		}
-		return Definition{}, none, fmt.Errorf("workflows: save: commit: %w", err)
+		// Committed, but unreadable: still invalidate.
+		return Definition{}, inv, err
 	}
 	return out, inv, nil
 }
 
-// delete is Delete, recording the definition's key in ob in the same
-// transaction when ob is not nil. Like save, it returns inv with an error
-// that Is ErrCommitUnknown when the COMMIT's outcome is unknown.
+// delete is Delete, one statement in autocommit that also writes the
+// definition's outbox row when ob is not nil and a row was deleted. Like
+// save, it returns an inv with an unknown row id and an error that Is
+// ErrCommitUnknown when the statement's outcome is unknown.
 func (s *Store) delete(ctx context.Context, id int64, ob *outbox.Outbox) (inv outbox.Invalidation, _ error) {
 	none := outbox.Invalidation{}
 	if err := validateID(id); err != nil {
 		return none, err
 	}
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	conn, err := s.pool.Acquire(ctx) // apart, as in save
 	if err != nil {
-		return none, fmt.Errorf("workflows: delete: begin: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	n, err := dbq.New(tx).WorkflowDefinitionDelete(ctx, id)
-	if err := interpretError(err); err != nil {
 		return none, fmt.Errorf("workflows: delete %d: %w", id, err)
 	}
-	if n == 0 {
+	r, err := dbq.New(conn).WorkflowDefinitionDelete(ctx, dbq.WorkflowDefinitionDeleteParams{
+		ID: id, OutboxDomain: outboxDomain(ob), OutboxKey: outboxKey(ob, id),
+	})
+	conn.Release()
+	switch err := interpretError(err); {
+	case err == nil:
+	case pgretry.CommitUnknown(err):
+		return ob.Unrecorded(Key(id)), fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
+	default:
+		return none, fmt.Errorf("workflows: delete %d: %w", id, err)
+	}
+	if r.Deleted == 0 {
 		return none, fmt.Errorf("%w: id %d", ErrNotFound, id)
 	}
-	if inv, err = ob.Record(ctx, tx, Key(id)); err != nil {
-		return none, fmt.Errorf("workflows: delete: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		if pgretry.CommitUnknown(err) {
-			return inv, fmt.Errorf("%w: delete %d: %w", ErrCommitUnknown, id, err)
-		}
-		return none, fmt.Errorf("workflows: delete %d: commit: %w", id, err)
+	if r.OutboxID != 0 {
+		inv = outbox.Invalidation{ID: r.OutboxID, Key: ob.FullKey(Key(id))}
 	}
 	return inv, nil
+}
+
+// outboxDomain is the outbox_domain parameter of a write: nil (no outbox
+// row) for a store with no cache in front.
+func outboxDomain(ob *outbox.Outbox) *string {
+	if ob == nil {
+		return nil
+	}
+	d := ob.Domain()
+	return &d
+}
+
+// outboxKey is the outbox_key parameter of a write of definition id.
+func outboxKey(ob *outbox.Outbox, id int64) *string {
+	if ob == nil {
+		return nil
+	}
+	k := ob.FullKey(Key(id))
+	return &k
 }
 
 // interpretError is the store's one translation of driver errors, applied

@@ -61,14 +61,20 @@ var (
 	// was being committed (its reply was lost), so it may or may not have
 	// been applied; [Cached] invalidates the definition as if it had been.
 	// Read the definition to find out (an applied Save has the new Version).
+	// A create (ID 0) whose reply was lost returns no id: if it was
+	// applied, the definition exists under an id the caller never learnt.
 	ErrCommitUnknown = errors.New("workflows: commit outcome unknown")
 )
 
 // Key returns the cache key of a definition, "workflow:{id}:definition"
 // (the cache adds its namespace, "ghl:" by default).
 func Key(id int64) string {
-	return "workflow:" + strconv.FormatInt(id, 10) + ":definition"
+	return keyHead + strconv.FormatInt(id, 10) + keyTail
 }
+
+// A definition's key is keyHead + id + keyTail; a create builds it in SQL,
+// where the new id is known.
+const keyHead, keyTail = "workflow:", ":definition"
 
 func validateID(id int64) error {
 	if id <= 0 {

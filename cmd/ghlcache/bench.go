@@ -150,31 +150,59 @@ func printBench(w io.Writer, r *bench.Results) error {
 	env, s := r.Environment, r.Settings
 	fmt.Fprintf(w, "ghlcache bench — %s, %s, %d CPUs, Redis %s, PostgreSQL %s (took %s)\n",
 		env.Date, env.Go, env.CPUs, env.Redis, env.Postgres, time.Duration(r.Elapsed).Round(time.Second))
-	fmt.Fprintf(w, "%d balances, Zipf s=%.1f, %d rounds of %s per figure (medians), Postgres pool %d conns, TTL %s\n\n",
+	fmt.Fprintf(w, "%d balances, Zipf s=%.1f, %d rounds of %s per figure (medians), Postgres pools of %d conns, TTL %s\n\n",
 		s.Users, s.ZipfS, s.Rounds, s.Duration, s.PoolConns, s.TTL)
 
 	fmt.Fprintln(w, "Hit-heavy Zipf reads (every key cached; postgres: every read a SELECT)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tgoroutines\treads/s\tmean\tp50\tp99\tCPU/read\tmean vs floor\tp50 vs floor\treads vs postgres\t")
+	fmt.Fprintln(tw, "system\tgoroutines\treads/s\tmean\tp50\tp99\tCPU/read\tmachine CPU/read\tallocs/read\tRedis RTs/read\tmean vs floor\treads vs floor\treads vs postgres\t")
+	floorOps := map[int]float64{}
 	for _, h := range r.Hits {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%.2f×\t%.2f×\t%.2f×\t\n", h.System, h.Goroutines, formatRate(h.OpsPerSec),
+		if h.System == bench.FloorName {
+			floorOps[h.Goroutines] = h.OpsPerSec
+		}
+	}
+	for _, h := range r.Hits {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.2f\t%.2f×\t%.2f×\t%.2f×\t\n", h.System, h.Goroutines, formatRate(h.OpsPerSec),
 			formatLatency(time.Duration(h.Mean)), formatLatency(time.Duration(h.P50)), formatLatency(time.Duration(h.P99)),
-			formatLatency(time.Duration(h.CPUPerOp)), h.VsFloor, h.P50VsFloor, h.VsPostgres)
+			formatLatency(time.Duration(h.CPUPerOp)), formatLatency(time.Duration(h.MachineCPUPerOp)), h.AllocsPerOp, h.RedisRoundTripsPerOp,
+			h.VsFloor, ratio(h.OpsPerSec, floorOps[h.Goroutines]), h.VsPostgres)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 
-	fmt.Fprintf(w, "\n95/5 read/write, %d goroutines (writes: Add through each system's write path)\n", s.MixedGoroutines)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tops/s\tread p50\tread p99\twrite p50\tstale reads\t")
-	for _, m := range r.Mixed {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d of %d\t\n", m.System, formatRate(m.OpsPerSec),
-			formatLatency(time.Duration(m.ReadP50)), formatLatency(time.Duration(m.ReadP99)),
-			formatLatency(time.Duration(m.WriteP50)), m.StaleReads, m.Reads)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
+	for _, t := range []struct {
+		title string
+		rows  []bench.ColdRow
+	}{
+		{fmt.Sprintf("Read-only Zipf from a cold cache, %d goroutines over %d instances", s.MixedGoroutines, s.ColdInstances), r.ReadOnly},
+		{fmt.Sprintf("95/5 read/write from a cold cache, %d goroutines over %d instances (writes: Add through each system's write path)",
+			s.MixedGoroutines, s.ColdInstances), r.Mixed},
+	} {
+		fmt.Fprintf(w, "\n%s\n", t.title)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "system\tops/s\tmachine CPU/op\tPG SELECTs/read\tPG stmts/write\tRedis cmds/op\tRedis RTs/op\thit ratio\tallocs/op\tread p50\tread p99\twrite p50\tstale reads\t")
+		for _, m := range t.rows {
+			hr := "—"
+			if m.HitRatio >= 0 {
+				hr = fmt.Sprintf("%.3f", m.HitRatio)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%.2f\t%.2f\t%.2f\t%s\t%.1f\t%s\t%s\t%s\t%d of %d\t\n", m.System, formatRate(m.OpsPerSec),
+				formatLatency(time.Duration(m.MachineCPUPerOp)), m.SelectsPerRead, m.WriteStatementsPerWrite,
+				m.RedisCommandsPerOp, m.RedisRoundTripsPerOp, hr, m.AllocsPerOp,
+				formatLatency(time.Duration(m.ReadP50)), formatLatency(time.Duration(m.ReadP99)),
+				formatLatency(time.Duration(m.WriteP50)), m.StaleReads, m.Reads)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, m := range t.rows {
+			if c := m.Cache; c != nil {
+				fmt.Fprintf(w, "ghlcache's reads (last round): %d hits, %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks; %d invalidations, %d failed\n",
+					c.Hits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Invalidations, c.InvalidationFailures)
+			}
+		}
 	}
 	fmt.Fprintln(w, "(a stale read began after a write of its key had returned, and returned an older version)")
 
@@ -212,19 +240,39 @@ func printBench(w io.Writer, r *bench.Results) error {
 	return nil
 }
 
-// target is one of issue 5's targets, measured.
+// target is one of the project's targets, measured.
 type target struct {
 	text string
 	met  bool
 }
 
-// benchTargets checks the results against the targets the project set.
+// ratio is a / b, 0 when b is 0.
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// benchTargets checks the results against the targets the project set
+// (issue 5's stampede and staleness guarantees, issue 11's costs).
 func benchTargets(r *bench.Results) []target {
 	var out []target
+	add := func(met bool, format string, args ...any) {
+		out = append(out, target{fmt.Sprintf(format, args...), met})
+	}
 	hit := func(system string, g int) *bench.HitRow {
 		for i := range r.Hits {
 			if r.Hits[i].System == system && r.Hits[i].Goroutines == g {
 				return &r.Hits[i]
+			}
+		}
+		return nil
+	}
+	cold := func(rows []bench.ColdRow, k bench.Kind) *bench.ColdRow {
+		for i := range rows {
+			if rows[i].System == string(k) {
+				return &rows[i]
 			}
 		}
 		return nil
@@ -236,27 +284,40 @@ func benchTargets(r *bench.Results) []target {
 		}
 	}
 	for _, g := range gs {
-		if h := hit(string(bench.KindGhlcache), g); h != nil && (g == 1 || g == 16) {
-			out = append(out, target{fmt.Sprintf("ghlcache hit latency ≤ 1.1× the raw GET+decode floor at %d goroutines: %.2f× (mean; p50 %.2f×)",
-				g, h.VsFloor, h.P50VsFloor), h.VsFloor <= 1.1})
+		h, f := hit(string(bench.KindGhlcache), g), hit(bench.FloorName, g)
+		if h != nil && f != nil {
+			x := ratio(h.OpsPerSec, f.OpsPerSec)
+			add(x >= 1 && h.AllocsPerOp <= f.AllocsPerOp+3, "warm hits ≥ 1.0× the raw GET+decode floor at %d goroutines, allocs ≤ floor + 3: %.2f×, %.1f allocs (floor %.1f)",
+				g, x, h.AllocsPerOp, f.AllocsPerOp)
 		}
 	}
-	for _, g := range gs {
-		h, p := hit(string(bench.KindGhlcache), g), hit(string(bench.KindGoRedisCache), g)
-		if h != nil && p != nil && p.OpsPerSec > 0 {
-			ratio := h.OpsPerSec / p.OpsPerSec
-			out = append(out, target{fmt.Sprintf("ghlcache throughput ≥ go-redis/cache (no local cache) at %d goroutines: %.2f×", g, ratio), ratio >= 1})
-		}
+	gh, grc, pg := cold(r.Mixed, bench.KindGhlcache), cold(r.Mixed, bench.KindGoRedisCache), cold(r.Mixed, bench.KindPostgres)
+	if gh != nil && grc != nil {
+		add(ratio(gh.OpsPerSec, grc.OpsPerSec) >= 1, "95/5 ops/s ≥ 1.0× go-redis/cache: %.2f×", ratio(gh.OpsPerSec, grc.OpsPerSec))
+		x := ratio(float64(gh.MachineCPUPerOp), float64(grc.MachineCPUPerOp))
+		add(x > 0 && x <= 1, "95/5 machine CPU per op ≤ 1.0× go-redis/cache: %.2f×", x)
+		add(gh.SelectsPerRead <= 0.15 && gh.SelectsPerRead <= grc.SelectsPerRead,
+			"95/5 Postgres SELECTs per read ≤ 0.15 and ≤ go-redis/cache's: %.3f (go-redis/cache %.3f)", gh.SelectsPerRead, grc.SelectsPerRead)
+	}
+	if gh != nil && pg != nil {
+		add(ratio(gh.OpsPerSec, pg.OpsPerSec) >= 1, "95/5 ops/s ≥ 1.0× Postgres alone (pool of %d per instance): %.2f×",
+			r.Settings.PoolConns, ratio(gh.OpsPerSec, pg.OpsPerSec))
+	}
+	if gh != nil {
+		add(gh.StaleReads == 0, "95/5: 0 stale reads for ghlcache: %d", gh.StaleReads)
+	}
+	if h, p := cold(r.ReadOnly, bench.KindGhlcache), cold(r.ReadOnly, bench.KindGoRedisCache); h != nil && p != nil {
+		add(ratio(h.OpsPerSec, p.OpsPerSec) >= 1, "read-only Zipf from cold ≥ 1.0× go-redis/cache: %.2f×", ratio(h.OpsPerSec, p.OpsPerSec))
 	}
 	for _, st := range r.Stampedes {
 		if st.System == string(bench.KindGhlcache) {
-			out = append(out, target{fmt.Sprintf("stampede of %d on %d instance(s): 1 query for ghlcache: %d (worst %d)",
-				st.Goroutines, st.Instances, st.Queries, st.MaxQueries), st.MaxQueries == 1})
+			add(st.MaxQueries == 1, "stampede of %d on %d instance(s): 1 query for ghlcache: %d (worst %d)",
+				st.Goroutines, st.Instances, st.Queries, st.MaxQueries)
 		}
 	}
 	for _, st := range r.Staleness {
 		if st.System == string(bench.KindGhlcache) {
-			out = append(out, target{fmt.Sprintf("staleness probe: 0 stale keys for ghlcache: %d (worst %d)", st.StaleKeys, st.MaxStale), st.MaxStale == 0})
+			add(st.MaxStale == 0, "staleness probe: 0 stale keys for ghlcache: %d (worst %d)", st.StaleKeys, st.MaxStale)
 		}
 	}
 	return out

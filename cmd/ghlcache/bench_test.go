@@ -34,10 +34,33 @@ func TestBenchTiny(t *testing.T) {
 	require.Len(t, res.Mixed, len(bench.Kinds))
 	require.Len(t, res.Stampedes, 2*len(bench.Kinds))
 	require.Len(t, res.Staleness, len(bench.Kinds))
+	require.Len(t, res.ReadOnly, len(bench.Kinds))
+	for _, rows := range [][]bench.ColdRow{res.ReadOnly, res.Mixed} {
+		for _, m := range rows {
+			require.Positive(t, m.Reads, m.System)
+			require.Positive(t, m.AllocsPerOp, m.System)
+			if m.System == string(bench.KindGhlcache) || m.System == string(bench.KindPostgres) {
+				require.Zero(t, m.StaleReads, m.System)
+			}
+			if m.System == string(bench.KindPostgres) {
+				// Every read is a SELECT (reads cut short by the end count
+				// their SELECT but not their read), and nothing uses Redis.
+				require.GreaterOrEqual(t, m.SelectsPerRead, 1.0)
+				require.Equal(t, -1.0, m.HitRatio)
+				require.Zero(t, m.RedisCommandsPerOp)
+			} else {
+				require.Positive(t, m.RedisCommandsPerOp, m.System)
+				require.Greater(t, m.HitRatio, 0.0, m.System)
+				require.LessOrEqual(t, m.HitRatio, 1.0, m.System)
+			}
+		}
+	}
 	for _, m := range res.Mixed {
-		require.Positive(t, m.Reads, m.System)
-		if m.System == string(bench.KindGhlcache) || m.System == string(bench.KindPostgres) {
-			require.Zero(t, m.StaleReads, m.System)
+		require.Positive(t, m.Writes, m.System)
+		require.Positive(t, m.WriteStatementsPerWrite, m.System)
+		if m.System == string(bench.KindGhlcache) {
+			require.NotNil(t, m.Cache)
+			require.Positive(t, m.Cache.Hits)
 		}
 	}
 	for _, s := range res.Stampedes {

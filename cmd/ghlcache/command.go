@@ -53,6 +53,12 @@ type env struct {
 	// demoHook, if set, is called as the demo reaches each stage (see
 	// demoStage); tests use it to order faults without sleeping.
 	demoHook func(stage string)
+	// containers starts the services the demo misses (startContainers when
+	// nil); tests replace it.
+	containers containerStarter
+	// defaults, when set, replace the default URLs (tests point them at
+	// closed ports).
+	defaults struct{ databaseURL, redisURL string }
 }
 
 // usageError is a mistake in the command line; it exits with code 2.
@@ -102,6 +108,13 @@ Global flags may be given before the command or after it.`
 func report(stderr io.Writer, err error) int {
 	if err == nil {
 		return 0
+	}
+	var le *linesError
+	if errors.As(err, &le) {
+		for _, l := range le.lines {
+			fmt.Fprintln(stderr, l)
+		}
+		return 1
 	}
 	fmt.Fprintf(stderr, "ghlcache: %s\n", oneLine(err.Error()))
 	var ue *usageError

@@ -36,7 +36,7 @@ func (g *globalFlags) register(fs *flag.FlagSet) {
 
 // databaseURL returns the Postgres URL to use: flag, env, default.
 func (e *env) databaseURL() string {
-	return cmp.Or(e.global.databaseURL.value, e.getenv("DATABASE_URL"), defaultDatabaseURL)
+	return cmp.Or(e.global.databaseURL.value, e.getenv("DATABASE_URL"), e.defaults.databaseURL, defaultDatabaseURL)
 }
 
 // getenv returns the environment variable name, "" if unset.
@@ -57,7 +57,7 @@ func (e *env) redisURL() string {
 	if v, ok := e.lookupEnv("REDIS_URL"); ok {
 		return v
 	}
-	return defaultRedisURL
+	return cmp.Or(e.defaults.redisURL, defaultRedisURL)
 }
 
 // noCache says why the command runs without Redis, "" when it uses Redis.

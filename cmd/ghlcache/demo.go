@@ -43,7 +43,12 @@ are rows of the report.
 Keys live under --prefix (deleted at the start). With --no-cache (or a
 REDIS_URL set but empty, the library's no-cache mode) the cached phase runs
 the cached repositories in no-cache mode (every read goes to Postgres, still
-one load per key at a time).`,
+one load per key at a time).
+
+When neither --database-url/DATABASE_URL nor --redis-url/REDIS_URL names a
+server and nothing answers at the default address, the demo starts what is
+missing in Docker (testcontainers-go: postgres:15-alpine, redis:7.0-alpine),
+says so, and removes the containers at the end.`,
 	flags: func(fs *flag.FlagSet) runFunc {
 		var o demoOptions
 		fs.StringVar(&o.dbName, "db-name", defaultDemoDatabase, demoDatabaseHelp)
@@ -101,6 +106,21 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		return usagef(path, "--prefix must not be empty")
 	}
 	begin := time.Now()
+	stopServices, err := demoServices(ctx, e)
+	if err != nil {
+		return err
+	}
+	if stopServices != nil {
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), containerStopTimeout)
+			defer cancel()
+			if err := stopServices(sctx); err != nil {
+				fmt.Fprintf(e.stderr, "ghlcache demo: remove containers: %s\n", oneLine(err.Error()))
+				return
+			}
+			fmt.Fprintln(e.stderr, "ghlcache demo: removed the containers it started")
+		}()
+	}
 	logger := slog.New(slog.DiscardHandler)
 	rep := &demoReport{
 		Mode: "redis", Prefix: o.prefix, Users: o.users, CreditTypes: demoCreditTypes, Workflows: o.workflows,
@@ -128,7 +148,6 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 		rep.Mode = "no-cache"
 		cache = cachelayer.New(nil, ccfg)
 	} else {
-		var err error
 		if cache, err = cachelayer.Open(ctx, redisURL, ccfg); err != nil {
 			return redact.Wrap(redisURL, err, "redis")
 		}

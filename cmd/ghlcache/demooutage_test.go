@@ -98,7 +98,7 @@ func TestDemoReportTellsOutagesAndTails(t *testing.T) {
 	b := demoPhase{Name: "baseline (Postgres)", Reads: 10000, ReadQueries: 10000, P50: ms(1.3), P99: ms(4.5), P999: ms(8.6)}
 	c := demoPhase{Name: "cached (ghlcache)", Reads: 10000, ReadQueries: 5600, P50: ms(0.14), P99: ms(9), P999: ms(17.2),
 		BreakerOpenings: 1,
-		Cache:           cacheCounters{Hits: 4540, Misses: 353, Fallbacks: 5460, RedisErrors: 41, InvalidationFailures: 12, Recoveries: 1}}
+		Cache:           bench.CacheCounters{Hits: 4540, Misses: 353, Fallbacks: 5460, RedisErrors: 41, InvalidationFailures: 12, Recoveries: 1}}
 	b.setRatios()
 	c.setRatios()
 	rep := &demoReport{Mode: "redis", Users: 2000, CreditTypes: demoCreditTypes, Baseline: b, Cached: c,

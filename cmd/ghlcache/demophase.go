@@ -118,7 +118,7 @@ func (d *demo) phase(ctx context.Context, name string, cached bool, barBase int)
 	ph.ReadQueries = queries.Balances + queries.Definitions
 	ph.Avoided = max(ph.Reads-ph.ReadQueries, 0)
 	ph.TotalQueries = queries.Total
-	ph.Cache = statsDelta(stats, stats0)
+	ph.Cache = bench.StatsDelta(stats, stats0)
 	ph.BreakerOpenings = max(ph.Cache.Recoveries+b2i(stats.BreakerOpen)-b2i(stats0.BreakerOpen), 0)
 	ph.BreakerOpenAtEnd = stats.BreakerOpen
 	ph.setRatios()

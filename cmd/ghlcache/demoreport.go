@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/internal/redact"
@@ -118,10 +117,10 @@ type demoPhase struct {
 	// CPUPerRead is this process's CPU time per read (getrusage);
 	// MachineCPUPerRead the whole machine's (Postgres and Redis included,
 	// and anything else running), 0 where unknown.
-	CPUPerRead        bench.Duration `json:"cpu_per_read"`
-	MachineCPUPerRead bench.Duration `json:"machine_cpu_per_read"`
-	Cache             cacheCounters  `json:"cache"` // the cache's counters during the phase
-	Burst             demoBurst      `json:"burst"`
+	CPUPerRead        bench.Duration      `json:"cpu_per_read"`
+	MachineCPUPerRead bench.Duration      `json:"machine_cpu_per_read"`
+	Cache             bench.CacheCounters `json:"cache"` // the cache's counters during the phase
+	Burst             demoBurst           `json:"burst"`
 	// Warmup is the unmeasured pass before the cached phase that reads
 	// every key once, so that the phase shows a running service's steady
 	// state rather than its first minutes.
@@ -140,42 +139,6 @@ type demoBurst struct {
 	Queries    int64          `json:"queries"` // balance SELECTs for the burst
 	Wall       bench.Duration `json:"wall"`
 	Error      string         `json:"error,omitempty"` // why it did not run (redacted)
-}
-
-// cacheCounters are cachelayer.Stats counters, with JSON names.
-type cacheCounters struct {
-	Hits                 int64 `json:"hits"`
-	Misses               int64 `json:"misses"`
-	Loads                int64 `json:"loads"`
-	LoadsShared          int64 `json:"loads_shared"`
-	LeaseWaits           int64 `json:"lease_waits"`
-	StaleFillsRejected   int64 `json:"stale_fills_rejected"`
-	Corrupt              int64 `json:"corrupt"`
-	Oversize             int64 `json:"oversize"`
-	RedisErrors          int64 `json:"redis_errors"`
-	Fallbacks            int64 `json:"fallbacks"`
-	Invalidations        int64 `json:"invalidations"`
-	InvalidationFailures int64 `json:"invalidation_failures"`
-	Recoveries           int64 `json:"recoveries"`
-}
-
-// statsDelta returns the counters of a since b.
-func statsDelta(a, b cachelayer.Stats) cacheCounters {
-	return cacheCounters{
-		Hits:                 a.Hits - b.Hits,
-		Misses:               a.Misses - b.Misses,
-		Loads:                a.Loads - b.Loads,
-		LoadsShared:          a.LoadsShared - b.LoadsShared,
-		LeaseWaits:           a.LeaseWaits - b.LeaseWaits,
-		StaleFillsRejected:   a.StaleFillsRejected - b.StaleFillsRejected,
-		Corrupt:              a.Corrupt - b.Corrupt,
-		Oversize:             a.Oversize - b.Oversize,
-		RedisErrors:          a.RedisErrors - b.RedisErrors,
-		Fallbacks:            a.Fallbacks - b.Fallbacks,
-		Invalidations:        a.Invalidations - b.Invalidations,
-		InvalidationFailures: a.InvalidationFailures - b.InvalidationFailures,
-		Recoveries:           a.Recoveries - b.Recoveries,
-	}
 }
 
 // demoSummary says in words where the win is, and where it is not.

@@ -7,68 +7,58 @@ package dbq
 
 import (
 	"context"
+	"time"
 )
 
-const creditBalanceAdd = `-- name: CreditBalanceAdd :one
-INSERT INTO credit_balances AS b (user_id, credit_type, balance, version, updated_at)
-VALUES ($1::bigint, $2::text, $3::bigint, 1, now())
-ON CONFLICT (user_id, credit_type) DO UPDATE
-SET balance    = b.balance + EXCLUDED.balance,
-    version    = b.version + 1,
-    updated_at = now()
-RETURNING user_id, credit_type, balance, version, updated_at
+const creditApply = `-- name: CreditApply :one
+SELECT r.outcome::text AS outcome, r.balance::bigint AS balance, r.version::bigint AS version,
+       r.updated_at::timestamptz AS updated_at, r.first_delta::bigint AS first_delta,
+       r.outbox_id::bigint AS outbox_id
+FROM credit_apply($1::bigint, $2::text, $3::bigint, $4::text,
+                  $5::text, $6::text,
+                  $7::text) AS r
 `
 
-type CreditBalanceAddParams struct {
-	UserID     int64
-	CreditType string
-	Amount     int64
+type CreditApplyParams struct {
+	UserID         int64
+	CreditType     string
+	Delta          int64
+	Reason         string
+	IdempotencyKey *string
+	OutboxDomain   *string
+	OutboxKey      *string
 }
 
-// Upsert: creates the row at version 1 or adds to it. Overflow of bigint
-// raises 22003, which the store turns into ErrInvalid.
-func (q *Queries) CreditBalanceAdd(ctx context.Context, arg CreditBalanceAddParams) (CreditBalance, error) {
-	row := q.db.QueryRow(ctx, creditBalanceAdd, arg.UserID, arg.CreditType, arg.Amount)
-	var i CreditBalance
-	err := row.Scan(
-		&i.UserID,
-		&i.CreditType,
-		&i.Balance,
-		&i.Version,
-		&i.UpdatedAt,
+type CreditApplyRow struct {
+	Outcome    string
+	Balance    int64
+	Version    int64
+	UpdatedAt  time.Time
+	FirstDelta int64
+	OutboxID   int64
+}
+
+// The whole change in one statement (db/migrations/00004_write_path.sql):
+// outcome 'applied', 'replay' or 'insufficient'; SQLSTATE GHL01 when a
+// racing change took the idempotency key (nothing written).
+func (q *Queries) CreditApply(ctx context.Context, arg CreditApplyParams) (CreditApplyRow, error) {
+	row := q.db.QueryRow(ctx, creditApply,
+		arg.UserID,
+		arg.CreditType,
+		arg.Delta,
+		arg.Reason,
+		arg.IdempotencyKey,
+		arg.OutboxDomain,
+		arg.OutboxKey,
 	)
-	return i, err
-}
-
-const creditBalanceDeduct = `-- name: CreditBalanceDeduct :one
-UPDATE credit_balances
-SET balance    = balance - $1::bigint,
-    version    = version + 1,
-    updated_at = now()
-WHERE user_id = $2::bigint
-  AND credit_type = $3::text
-  AND balance >= $1::bigint
-RETURNING user_id, credit_type, balance, version, updated_at
-`
-
-type CreditBalanceDeductParams struct {
-	Amount     int64
-	UserID     int64
-	CreditType string
-}
-
-// One conditional UPDATE: under READ COMMITTED a concurrent deduct waits for
-// the row lock and re-checks the condition, so no update is lost and the
-// balance never goes negative. No row means insufficient credits.
-func (q *Queries) CreditBalanceDeduct(ctx context.Context, arg CreditBalanceDeductParams) (CreditBalance, error) {
-	row := q.db.QueryRow(ctx, creditBalanceDeduct, arg.Amount, arg.UserID, arg.CreditType)
-	var i CreditBalance
+	var i CreditApplyRow
 	err := row.Scan(
-		&i.UserID,
-		&i.CreditType,
+		&i.Outcome,
 		&i.Balance,
 		&i.Version,
 		&i.UpdatedAt,
+		&i.FirstDelta,
+		&i.OutboxID,
 	)
 	return i, err
 }
@@ -111,51 +101,6 @@ type CreditLedgerGetByIdempotencyKeyParams struct {
 
 func (q *Queries) CreditLedgerGetByIdempotencyKey(ctx context.Context, arg CreditLedgerGetByIdempotencyKeyParams) (CreditLedger, error) {
 	row := q.db.QueryRow(ctx, creditLedgerGetByIdempotencyKey, arg.UserID, arg.CreditType, arg.IdempotencyKey)
-	var i CreditLedger
-	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.CreditType,
-		&i.Delta,
-		&i.BalanceAfter,
-		&i.VersionAfter,
-		&i.Reason,
-		&i.IdempotencyKey,
-		&i.CreatedAt,
-	)
-	return i, err
-}
-
-const creditLedgerInsert = `-- name: CreditLedgerInsert :one
-INSERT INTO credit_ledger (user_id, credit_type, delta, balance_after, version_after, reason, idempotency_key, created_at)
-VALUES ($1::bigint, $2::text, $3::bigint, $4::bigint, $5::bigint,
-        $6::text, $7::text, now())
-ON CONFLICT (user_id, credit_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, user_id, credit_type, delta, balance_after, version_after, reason, idempotency_key, created_at
-`
-
-type CreditLedgerInsertParams struct {
-	UserID         int64
-	CreditType     string
-	Delta          int64
-	BalanceAfter   int64
-	VersionAfter   int64
-	Reason         string
-	IdempotencyKey *string
-}
-
-// ON CONFLICT DO NOTHING: a racing retry with the same idempotency key waits
-// for the first to commit and then inserts nothing (no row returned).
-func (q *Queries) CreditLedgerInsert(ctx context.Context, arg CreditLedgerInsertParams) (CreditLedger, error) {
-	row := q.db.QueryRow(ctx, creditLedgerInsert,
-		arg.UserID,
-		arg.CreditType,
-		arg.Delta,
-		arg.BalanceAfter,
-		arg.VersionAfter,
-		arg.Reason,
-		arg.IdempotencyKey,
-	)
 	var i CreditLedger
 	err := row.Scan(
 		&i.ID,

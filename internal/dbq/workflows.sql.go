@@ -7,29 +7,39 @@ package dbq
 
 import (
 	"context"
+	"time"
 )
 
-const workflowDefinitionDelete = `-- name: WorkflowDefinitionDelete :execrows
-DELETE FROM workflow_definitions WHERE id = $1::bigint
+const workflowDefinitionDelete = `-- name: WorkflowDefinitionDelete :one
+WITH d AS (
+    DELETE FROM workflow_definitions WHERE id = $1::bigint RETURNING id
+), o AS (
+    INSERT INTO cache_outbox (domain, cache_key, created_at)
+    SELECT $2::text, $3::text, now()
+    FROM d
+    WHERE $2::text IS NOT NULL
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM d)::bigint AS deleted,
+       coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id
 `
 
-func (q *Queries) WorkflowDefinitionDelete(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, workflowDefinitionDelete, id)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+type WorkflowDefinitionDeleteParams struct {
+	ID           int64
+	OutboxDomain *string
+	OutboxKey    *string
 }
 
-const workflowDefinitionExists = `-- name: WorkflowDefinitionExists :one
-SELECT EXISTS (SELECT 1 FROM workflow_definitions WHERE id = $1::bigint)
-`
+type WorkflowDefinitionDeleteRow struct {
+	Deleted  int64
+	OutboxID int64
+}
 
-func (q *Queries) WorkflowDefinitionExists(ctx context.Context, id int64) (bool, error) {
-	row := q.db.QueryRow(ctx, workflowDefinitionExists, id)
-	var exists bool
-	err := row.Scan(&exists)
-	return exists, err
+func (q *Queries) WorkflowDefinitionDelete(ctx context.Context, arg WorkflowDefinitionDeleteParams) (WorkflowDefinitionDeleteRow, error) {
+	row := q.db.QueryRow(ctx, workflowDefinitionDelete, arg.ID, arg.OutboxDomain, arg.OutboxKey)
+	var i WorkflowDefinitionDeleteRow
+	err := row.Scan(&i.Deleted, &i.OutboxID)
+	return i, err
 }
 
 const workflowDefinitionGet = `-- name: WorkflowDefinitionGet :one
@@ -53,19 +63,58 @@ func (q *Queries) WorkflowDefinitionGet(ctx context.Context, id int64) (Workflow
 }
 
 const workflowDefinitionInsert = `-- name: WorkflowDefinitionInsert :one
-INSERT INTO workflow_definitions (name, version, spec, created_at, updated_at)
-VALUES ($1::text, 1, $2::jsonb, now(), now())
-RETURNING id, name, version, spec, created_at, updated_at
+
+WITH d AS (
+    INSERT INTO workflow_definitions (name, version, spec, created_at, updated_at)
+    VALUES ($1::text, 1, $2::jsonb, now(), now())
+    RETURNING id, name, version, spec, created_at, updated_at
+), o AS (
+    INSERT INTO cache_outbox (domain, cache_key, created_at)
+    SELECT $3::text,
+           $4::text || d.id::text || $5::text, now()
+    FROM d
+    WHERE $3::text IS NOT NULL
+    RETURNING id
+)
+SELECT d.id, d.name, d.version, d.spec, d.created_at, d.updated_at,
+       coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id
+FROM d
 `
 
 type WorkflowDefinitionInsertParams struct {
-	Name string
-	Spec []byte
+	Name          string
+	Spec          []byte
+	OutboxDomain  *string
+	OutboxKeyHead *string
+	OutboxKeyTail *string
 }
 
-func (q *Queries) WorkflowDefinitionInsert(ctx context.Context, arg WorkflowDefinitionInsertParams) (WorkflowDefinition, error) {
-	row := q.db.QueryRow(ctx, workflowDefinitionInsert, arg.Name, arg.Spec)
-	var i WorkflowDefinition
+type WorkflowDefinitionInsertRow struct {
+	ID        int64
+	Name      string
+	Version   int64
+	Spec      []byte
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	OutboxID  int64
+}
+
+// Each write below is one statement, one round trip in autocommit: the
+// change and, when outbox_domain is not NULL and a row changed, the
+// cache_outbox row naming the definition's full cache key. outbox_id is
+// that row, 0 when none was written. A data-modifying CTE is safe here:
+// no part of it can find a racing write's row after another part wrote.
+// The new id is known only inside the statement, so the key is built here:
+// outbox_key_head || id || outbox_key_tail.
+func (q *Queries) WorkflowDefinitionInsert(ctx context.Context, arg WorkflowDefinitionInsertParams) (WorkflowDefinitionInsertRow, error) {
+	row := q.db.QueryRow(ctx, workflowDefinitionInsert,
+		arg.Name,
+		arg.Spec,
+		arg.OutboxDomain,
+		arg.OutboxKeyHead,
+		arg.OutboxKeyTail,
+	)
+	var i WorkflowDefinitionInsertRow
 	err := row.Scan(
 		&i.ID,
 		&i.Name,
@@ -73,40 +122,77 @@ func (q *Queries) WorkflowDefinitionInsert(ctx context.Context, arg WorkflowDefi
 		&i.Spec,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.OutboxID,
 	)
 	return i, err
 }
 
 const workflowDefinitionUpdate = `-- name: WorkflowDefinitionUpdate :one
-UPDATE workflow_definitions
-SET name = $1::text, spec = $2::jsonb, version = version + 1, updated_at = now()
-WHERE id = $3::bigint AND version = $4::bigint
-RETURNING id, name, version, spec, created_at, updated_at
+WITH u AS (
+    UPDATE workflow_definitions
+    SET name = $2::text, spec = $3::jsonb, version = version + 1, updated_at = now()
+    WHERE id = $1::bigint AND version = $4::bigint
+    RETURNING id, name, version, spec, created_at, updated_at
+), o AS (
+    INSERT INTO cache_outbox (domain, cache_key, created_at)
+    SELECT $5::text, $6::text, now()
+    FROM u
+    WHERE $5::text IS NOT NULL
+    RETURNING id
+)
+SELECT (u.id IS NOT NULL)::bool AS updated,
+       coalesce(u.id, 0)::bigint AS id, coalesce(u.name, '')::text AS name,
+       coalesce(u.version, 0)::bigint AS version, coalesce(u.spec, '{}')::jsonb AS spec,
+       coalesce(u.updated_at, now())::timestamptz AS updated_at,
+       coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id,
+       EXISTS (SELECT 1 FROM workflow_definitions WHERE id = $1::bigint)::bool AS present
+FROM (SELECT) AS one
+LEFT JOIN u ON true
 `
 
 type WorkflowDefinitionUpdateParams struct {
-	Name    string
-	Spec    []byte
-	ID      int64
-	Version int64
+	ID           int64
+	Name         string
+	Spec         []byte
+	Version      int64
+	OutboxDomain *string
+	OutboxKey    *string
+}
+
+type WorkflowDefinitionUpdateRow struct {
+	Updated   bool
+	ID        int64
+	Name      string
+	Version   int64
+	Spec      []byte
+	UpdatedAt time.Time
+	OutboxID  int64
+	Present   bool
 }
 
 // Optimistic concurrency: only the version the caller read is replaced.
-func (q *Queries) WorkflowDefinitionUpdate(ctx context.Context, arg WorkflowDefinitionUpdateParams) (WorkflowDefinition, error) {
+// Always one row: updated is false when no row matched, and then present
+// tells why (true: the row exists at another version; false: no such id),
+// as of the statement's snapshot.
+func (q *Queries) WorkflowDefinitionUpdate(ctx context.Context, arg WorkflowDefinitionUpdateParams) (WorkflowDefinitionUpdateRow, error) {
 	row := q.db.QueryRow(ctx, workflowDefinitionUpdate,
+		arg.ID,
 		arg.Name,
 		arg.Spec,
-		arg.ID,
 		arg.Version,
+		arg.OutboxDomain,
+		arg.OutboxKey,
 	)
-	var i WorkflowDefinition
+	var i WorkflowDefinitionUpdateRow
 	err := row.Scan(
+		&i.Updated,
 		&i.ID,
 		&i.Name,
 		&i.Version,
 		&i.Spec,
-		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.OutboxID,
+		&i.Present,
 	)
 	return i, err
 }

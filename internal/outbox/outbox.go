@@ -193,26 +193,23 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, key string) (Invalidatio
 // ctx's cancellation (the change has committed; its invalidation must still
 // happen) and is bounded by the Invalidator's own timeout.
 //
-// An Invalidation with a Key but no ID (a row whose id the writer could not
-// learn) gets its key deleted once, with no pending mark: if the row
-// exists, a sweep deletes the key again.
+// An Invalidation of a row whose id the writer never learnt
+// ([Outbox.Unrecorded]: a negative ID no row has) is handled alike: marking
+// "its" row done marks nothing, and its pending mark clears at the next
+// sweep; the row, if it committed, waits for a sweep.
 //
 // While the Invalidator is not Enabled (no-cache mode, closed cache) the
 // row stays for an instance that can delete the key, and nothing is marked
 // pending: such a process reads from Postgres anyway, and a mark would live
 // until another instance swept the row.
 func (o *Outbox) Invalidate(ctx context.Context, inv Invalidation) {
-	if inv.Key == "" {
+	if inv.ID == 0 {
 		return
 	}
 	key, id := inv.Key, inv.ID
 	ctx = context.WithoutCancel(ctx)
 	if !o.inv.Enabled() {
 		_ = o.inv.DeleteFull(ctx, key) // reaches no Redis; forgets the key's in-process loads
-		return
-	}
-	if id == 0 {
-		_ = o.inv.DeleteFullEach(ctx, []string{key})
 		return
 	}
 	o.markPending(id, key)

@@ -2,8 +2,9 @@
 // statement did: a read is retried once when Postgres certainly did not run
 // it (nothing was sent) or terminated the connection (57P01 admin_shutdown,
 // as after a restart); a failed COMMIT is told apart from one whose outcome
-// is unknown (CommitUnknown). Writes are never retried here; the idempotency
-// key is the caller's tool.
+// is unknown (CommitUnknown), also for a write that is one statement in
+// autocommit (its own COMMIT). Writes are never retried here; the
+// idempotency key is the caller's tool.
 package pgretry
 
 import (
@@ -57,6 +58,15 @@ func Retryable(err error) bool {
 // COMMIT was sent. A store calls Commit only on a live connection (every
 // earlier statement succeeded), so ErrConnClosed there means the reply was
 // lost.
+//
+// The same holds for the error of a write that is a single statement in
+// autocommit, which is its own COMMIT (the stores' writes are): a lost
+// reply shows as an error that is not safe to retry ("unexpected EOF"), a
+// rejected statement as an ERROR. ErrConnClosed there (pgxpool handed out a
+// connection that had just been closed) is still taken as unknown: a
+// spurious ErrCommitUnknown costs a repeat with the idempotency key and one
+// extra invalidation, while a missed one could leave a committed change
+// uninvalidated.
 func CommitUnknown(err error) bool {
 	switch {
 	case err == nil, errors.Is(err, pgx.ErrTxCommitRollback), errors.Is(err, pgx.ErrTxClosed):

@@ -39,6 +39,8 @@ type Config struct {
 	StalenessWriters   int           // 4
 	StalenessReaders   int           // 16
 	StalenessDuration  time.Duration // 1 s
+	ColdInstances      int           // instances of the cold read-only and 95/5 workloads, 2
+	PoolConns          int32         // Postgres connections of each of those instances' pools; MixedGoroutines
 
 	// Progress, if set, is called before each step with the number of
 	// steps done and the total.
@@ -65,6 +67,8 @@ func (c *Config) defaults() {
 	c.StalenessWriters = cmp.Or(c.StalenessWriters, 4)
 	c.StalenessReaders = cmp.Or(c.StalenessReaders, 16)
 	c.StalenessDuration = cmp.Or(c.StalenessDuration, time.Second)
+	c.ColdInstances = cmp.Or(c.ColdInstances, 2)
+	c.PoolConns = cmp.Or(c.PoolConns, int32(c.MixedGoroutines))
 	c.Prefix = cmp.Or(c.Prefix, "ghl:bench:")
 }
 
@@ -76,7 +80,8 @@ type Results struct {
 	Environment Environment   `json:"environment"`
 	Settings    Settings      `json:"settings"`
 	Hits        []HitRow      `json:"hit_heavy"`
-	Mixed       []MixedRow    `json:"mixed"`
+	ReadOnly    []ColdRow     `json:"read_only_cold"` // Zipf reads from a cold cache
+	Mixed       []ColdRow     `json:"mixed"`          // 95/5 from a cold cache
 	Stampedes   []StampedeRow `json:"stampede"`
 	Staleness   []StaleRow    `json:"staleness"`
 	Elapsed     Duration      `json:"elapsed"`
@@ -103,7 +108,8 @@ type Settings struct {
 	StampedeInstances  int      `json:"stampede_instances"`
 	StalenessKeys      int      `json:"staleness_keys"`
 	StalenessInstances int      `json:"staleness_instances"`
-	PoolConns          int32    `json:"postgres_pool_conns"`
+	PoolConns          int32    `json:"postgres_pool_conns"` // of each instance of the cold workloads
+	ColdInstances      int      `json:"cold_instances"`
 	TTL                Duration `json:"ttl"`
 }
 
@@ -120,18 +126,7 @@ type HitRow struct {
 	P50VsFloor  float64   `json:"p50_vs_floor"`    // median latency / the floor's
 	VsPostgres  float64   `json:"ops_vs_postgres"` // throughput / Postgres's
 	RoundsOpsPS []float64 `json:"rounds_ops_per_sec"`
-}
-
-// MixedRow is one system on the 95/5 workload.
-type MixedRow struct {
-	System     string   `json:"system"`
-	OpsPerSec  float64  `json:"ops_per_sec"` // reads and writes
-	ReadP50    Duration `json:"read_p50"`
-	ReadP99    Duration `json:"read_p99"`
-	WriteP50   Duration `json:"write_p50"`
-	StaleReads int64    `json:"stale_reads"` // reads that began after a completed write and returned an older version
-	Reads      int64    `json:"reads"`
-	Writes     int64    `json:"writes"`
+	Costs
 }
 
 // StampedeRow is one system on the cold-key stampede.
@@ -183,7 +178,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	pcfg.ConnConfig.Tracer = counter
 	nInst := max(cfg.StampedeInstances, cfg.StalenessInstances, 1)
-	pools := make([]*pgxpool.Pool, nInst)
+	var pools []*pgxpool.Pool
 	defer func() {
 		for _, p := range pools {
 			if p != nil {
@@ -191,8 +186,15 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 			}
 		}
 	}()
+	nPools := max(nInst, cfg.ColdInstances)
+	pools = make([]*pgxpool.Pool, nPools)
 	for i := range pools {
-		if pools[i], err = pgxpool.NewWithConfig(ctx, pcfg.Copy()); err != nil {
+		pc := pcfg.Copy()
+		if i < cfg.ColdInstances {
+			// Sized for the load: a small pool would cap "Postgres alone".
+			pc.MaxConns = max(pc.MaxConns, cfg.PoolConns)
+		}
+		if pools[i], err = pgxpool.NewWithConfig(ctx, pc); err != nil {
 			return nil, fmt.Errorf("bench: connect to postgres: %w", err)
 		}
 	}
@@ -206,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		MixedGoroutines: cfg.MixedGoroutines, WriteFraction: cfg.WriteFraction,
 		StampedeGoroutines: cfg.StampedeGoroutines, StampedeInstances: cfg.StampedeInstances,
 		StalenessKeys: cfg.StalenessKeys, StalenessInstances: cfg.StalenessInstances,
-		PoolConns: pcfg.MaxConns, TTL: Duration(balanceTTL),
+		PoolConns: max(pcfg.MaxConns, cfg.PoolConns), ColdInstances: cfg.ColdInstances, TTL: Duration(balanceTTL),
 	}
 
 	// Seed: the hot users, then cold users for the stampedes and fresh keys
@@ -241,6 +243,10 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	cleaner := cachelayer.New(cleanerClient, &cachelayer.Config{Prefix: cfg.Prefix, Logger: logger})
 	defer cleaner.Close()
 	defer func() { _, _ = cleaner.DeletePrefix(context.WithoutCancel(ctx), runID) }()
+	redisCounters := make(map[Kind]*RedisCounter, nSys)
+	for _, k := range cfg.Systems {
+		redisCounters[k] = &RedisCounter{}
+	}
 	systems := make(map[Kind][]System, nSys)
 	defer func() {
 		for _, insts := range systems {
@@ -253,7 +259,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		for i := range nInst {
 			s, err := NewSystem(k, SystemEnv{
 				Pool: pools[i], RedisOptions: cfg.RedisOptions,
-				Prefix: cfg.Prefix + runID + systemSlug(k) + ":", Logger: cfg.Logger,
+				Prefix: cfg.Prefix + runID + systemSlug(k) + ":", Logger: cfg.Logger, RedisCounter: redisCounters[k],
 			})
 			if err != nil {
 				return nil, err
@@ -264,9 +270,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	store := credits.NewStore(pool)
 	truth := func(ctx context.Context, k Key) (credits.Balance, error) { return store.Balance(ctx, k.UserID, k.Type) }
 	floor := NewFloor(cfg.RedisOptions, cfg.Prefix+runID+"floor:")
+	floorCounter := &RedisCounter{}
+	floor.rdb.AddHook(floorCounter)
 	defer floor.Close()
 
-	steps := 1 + cfg.Rounds*(len(cfg.Concurrency)*(nSys+1)+nSys*4)
+	steps := 1 + cfg.Rounds*(len(cfg.Concurrency)*(nSys+1)+nSys*5)
 	done := 0
 	step := func(name string) error {
 		if cfg.Progress != nil {
@@ -288,8 +296,16 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, fmt.Errorf("bench: fill floor keys: %w", err)
 	}
 
-	hits := map[string]map[int][]*LoadResult{} // system → goroutines → rounds
-	mixed := map[Kind][]*LoadResult{}
+	hits := map[string]map[int][]hitRun{} // system → goroutines → rounds
+	readOnly, mixed := map[Kind][]freshResult{}, map[Kind][]freshResult{}
+	freshEnvs := func(k Kind, tag string) []SystemEnv {
+		envs := make([]SystemEnv, cfg.ColdInstances)
+		for i := range envs {
+			envs[i] = SystemEnv{Pool: pools[i], RedisOptions: cfg.RedisOptions, Logger: cfg.Logger, RedisCounter: redisCounters[k],
+				Prefix: cfg.Prefix + runID + systemSlug(k) + ":" + tag + ":"}
+		}
+		return envs
+	}
 	stampedes := map[Kind]map[int][]StampedeResult{}
 	stale := map[Kind][]StalenessResult{}
 	coldNext, staleNext := 0, 0
@@ -304,32 +320,41 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				if err := step(fmt.Sprintf("round %d: hit-heavy, %d goroutines, %s", round+1, g, name)); err != nil {
 					return nil, err
 				}
-				read := floor.Balance
+				read, rc, hc := floor.Balance, floorCounter, []HitCounter(nil)
 				if name != FloorName {
-					read = systems[Kind(name)][0].Balance
+					sys := systems[Kind(name)][0]
+					read, rc = sys.Balance, redisCounters[Kind(name)]
+					if h, ok := sys.(HitCounter); ok {
+						hc = []HitCounter{h}
+					}
 				}
 				load := MixedLoad{Keys: hot, Goroutines: g, Duration: cfg.Duration, Seed: uint64(round*1000 + g)}
+				m := StartMeter(counter, rc, hc)
 				r, err := load.Run(ctx, read, nil)
 				if err != nil {
 					return nil, fmt.Errorf("bench: hit-heavy %s: %w", name, err)
 				}
 				if hits[name] == nil {
-					hits[name] = map[int][]*LoadResult{}
+					hits[name] = map[int][]hitRun{}
 				}
-				hits[name][g] = append(hits[name][g], r)
+				hits[name][g] = append(hits[name][g], hitRun{r, m.Stop(r.Reads, 0, r.CPU)})
 			}
 		}
 		for _, k := range order {
-			if err := step(fmt.Sprintf("round %d: 95/5 read/write, %s", round+1, k)); err != nil {
+			if err := step(fmt.Sprintf("round %d: read-only Zipf from cold, %s", round+1, k)); err != nil {
 				return nil, err
 			}
-			sys := systems[k][0]
-			load := MixedLoad{Keys: hot, Goroutines: cfg.MixedGoroutines, Duration: cfg.Duration,
-				WriteFraction: cfg.WriteFraction, Seed: uint64(round*1000 + 7)}
-			r, err := load.Run(ctx, sys.Balance, func(ctx context.Context, key Key) (credits.Balance, error) {
-				return sys.Add(ctx, key, 1)
-			})
+			load := MixedLoad{Keys: hot, Goroutines: cfg.MixedGoroutines, Duration: cfg.Duration, Seed: uint64(round*1000 + 5)}
+			r, err := runFresh(ctx, k, freshEnvs(k, fmt.Sprintf("ro%d", round)), load, counter)
 			if err != nil {
+				return nil, fmt.Errorf("bench: read-only from cold %s: %w", k, err)
+			}
+			readOnly[k] = append(readOnly[k], r)
+			if err := step(fmt.Sprintf("round %d: 95/5 read/write from cold, %s", round+1, k)); err != nil {
+				return nil, err
+			}
+			load.WriteFraction, load.Seed = cfg.WriteFraction, uint64(round*1000+7)
+			if r, err = runFresh(ctx, k, freshEnvs(k, fmt.Sprintf("mx%d", round)), load, counter); err != nil {
 				return nil, fmt.Errorf("bench: 95/5 %s: %w", k, err)
 			}
 			mixed[k] = append(mixed[k], r)
@@ -373,18 +398,8 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 
 	res.Hits = hitRows(hits, cfg)
 	for _, k := range cfg.Systems {
-		rs := mixed[k]
-		row := MixedRow{System: string(k)}
-		row.OpsPerSec = median(rs, func(r *LoadResult) float64 {
-			return float64(r.Reads+r.Writes) / r.CPU.Wall.Seconds()
-		})
-		row.ReadP50 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.5)) }))
-		row.ReadP99 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.99)) }))
-		row.WriteP50 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.WriteLatency.Quantile(0.5)) }))
-		row.StaleReads = int64(median(rs, func(r *LoadResult) float64 { return float64(r.StaleReads) }))
-		row.Reads = int64(median(rs, func(r *LoadResult) float64 { return float64(r.Reads) }))
-		row.Writes = int64(median(rs, func(r *LoadResult) float64 { return float64(r.Writes) }))
-		res.Mixed = append(res.Mixed, row)
+		res.ReadOnly = append(res.ReadOnly, coldRow(k, cfg.ColdInstances, readOnly[k]))
+		res.Mixed = append(res.Mixed, coldRow(k, cfg.ColdInstances, mixed[k]))
 	}
 	for _, n := range []int{1, cfg.StampedeInstances} {
 		for _, k := range cfg.Systems {
@@ -420,7 +435,13 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 
 // hitRows summarises the hit-heavy runs: medians, and ratios to the floor
 // and to Postgres at the same concurrency.
-func hitRows(hits map[string]map[int][]*LoadResult, cfg Config) []HitRow {
+// hitRun is one round of the hit-heavy workload.
+type hitRun struct {
+	*LoadResult
+	costs Costs
+}
+
+func hitRows(hits map[string]map[int][]hitRun, cfg Config) []HitRow {
 	var rows []HitRow
 	names := []string{FloorName}
 	for _, k := range cfg.Systems {
@@ -435,13 +456,18 @@ func hitRows(hits map[string]map[int][]*LoadResult, cfg Config) []HitRow {
 			for _, r := range rs {
 				row.RoundsOpsPS = append(row.RoundsOpsPS, r.ReadsPerSec())
 			}
-			row.OpsPerSec = median(rs, (*LoadResult).ReadsPerSec)
-			row.Mean = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Mean()) }))
-			row.P50 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.5)) }))
-			row.P99 = Duration(median(rs, func(r *LoadResult) float64 { return float64(r.ReadLatency.Quantile(0.99)) }))
-			row.CPUPerOp = Duration(median(rs, func(r *LoadResult) float64 {
+			row.OpsPerSec = median(rs, func(r hitRun) float64 { return r.ReadsPerSec() })
+			row.Mean = Duration(median(rs, func(r hitRun) float64 { return float64(r.ReadLatency.Mean()) }))
+			row.P50 = Duration(median(rs, func(r hitRun) float64 { return float64(r.ReadLatency.Quantile(0.5)) }))
+			row.P99 = Duration(median(rs, func(r hitRun) float64 { return float64(r.ReadLatency.Quantile(0.99)) }))
+			row.CPUPerOp = Duration(median(rs, func(r hitRun) float64 {
 				return float64(r.CPU.Process) / float64(max(r.Reads, 1))
 			}))
+			cs := make([]Costs, len(rs))
+			for i, r := range rs {
+				cs[i] = r.costs
+			}
+			row.Costs = medianCosts(cs)
 			if name == FloorName {
 				floorMean, floorP50 = float64(row.Mean), float64(row.P50)
 			}

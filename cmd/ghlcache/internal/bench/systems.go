@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	gocache "github.com/go-redis/cache/v9"
@@ -63,6 +64,7 @@ type SystemEnv struct {
 	RedisOptions *redis.Options // each instance gets a client of its own
 	Prefix       string         // full Redis key prefix of this system, e.g. "ghl:bench:naive:"
 	Logger       *slog.Logger   // for ghlcache; nil: discard
+	RedisCounter *RedisCounter  // added to the instance's Redis client when set
 }
 
 // NewSystem returns a new instance of kind on env.
@@ -72,11 +74,14 @@ func NewSystem(kind Kind, env SystemEnv) (System, error) {
 		return &postgresSystem{store: store}, nil
 	}
 	rdb := redis.NewClient(env.RedisOptions)
+	if env.RedisCounter != nil {
+		rdb.AddHook(env.RedisCounter)
+	}
 	switch kind {
 	case KindNaive:
 		return &naiveSystem{store: store, rdb: rdb, prefix: env.Prefix}, nil
 	case KindGoRedisCache, KindGoRedisTiny:
-		opts := &gocache.Options{Redis: rdb}
+		opts := &gocache.Options{Redis: rdb, StatsEnabled: true}
 		if kind == KindGoRedisTiny {
 			opts.LocalCache = gocache.NewTinyLFU(tinyLFUSize, balanceTTL)
 		}
@@ -117,10 +122,13 @@ func (s *postgresSystem) Close() error                  { return nil }
 // lease: concurrent misses all load, and a fill may land after a write's
 // delete.
 type naiveSystem struct {
-	store  *credits.Store
-	rdb    *redis.Client
-	prefix string
+	store        *credits.Store
+	rdb          *redis.Client
+	prefix       string
+	hits, misses atomic.Int64
 }
+
+func (s *naiveSystem) HitsMisses() (hits, misses int64) { return s.hits.Load(), s.misses.Load() }
 
 func (s *naiveSystem) key(k Key) string { return s.prefix + credits.Key(k.UserID, k.Type) }
 
@@ -130,9 +138,11 @@ func (s *naiveSystem) Balance(ctx context.Context, k Key) (credits.Balance, erro
 	if err == nil {
 		var b credits.Balance
 		if err := json.Unmarshal(raw, &b); err == nil {
+			s.hits.Add(1)
 			return b, nil
 		}
 	}
+	s.misses.Add(1)
 	b, err := s.store.Balance(ctx, k.UserID, k.Type)
 	if err != nil {
 		return b, err
@@ -186,7 +196,12 @@ func (s *goRedisCacheSystem) Add(ctx context.Context, k Key, amount int64) (cred
 	return b, nil
 }
 func (s *goRedisCacheSystem) Quiesce(context.Context) error { return nil }
-func (s *goRedisCacheSystem) Close() error                  { return s.rdb.Close() }
+
+func (s *goRedisCacheSystem) HitsMisses() (hits, misses int64) {
+	st := s.c.Stats()
+	return int64(st.Hits), int64(st.Misses)
+}
+func (s *goRedisCacheSystem) Close() error { return s.rdb.Close() }
 
 // ghlcacheSystem is the library under test: credits.Cached on cachelayer.
 type ghlcacheSystem struct {
@@ -211,6 +226,11 @@ func (s *ghlcacheSystem) Quiesce(ctx context.Context) error {
 	}}}
 	_, err := d.Drain(ctx)
 	return err
+}
+
+func (s *ghlcacheSystem) HitsMisses() (hits, misses int64) {
+	st := s.cache.Stats()
+	return st.Hits, st.Misses
 }
 
 // Stats returns the cache's counters.

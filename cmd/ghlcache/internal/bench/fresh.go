@@ -1,0 +1,153 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
+)
+
+// ColdRow is one system on a workload that starts from a cold cache: new
+// instances under a prefix of their own, nothing cached.
+type ColdRow struct {
+	System    string  `json:"system"`
+	Instances int     `json:"instances"`
+	OpsPerSec float64 `json:"ops_per_sec"` // reads and writes
+	Reads     int64   `json:"reads"`
+	Writes    int64   `json:"writes"`
+	Costs
+	ReadP50    Duration       `json:"read_p50"`
+	ReadP99    Duration       `json:"read_p99"`
+	WriteP50   Duration       `json:"write_p50,omitzero"`
+	StaleReads int64          `json:"stale_reads"`
+	Cache      *CacheCounters `json:"ghlcache_stats,omitempty"` // ghlcache's counters over the last round
+}
+
+// CacheCounters are cachelayer.Stats counters, with JSON names.
+type CacheCounters struct {
+	Hits                 int64 `json:"hits"`
+	Misses               int64 `json:"misses"`
+	Loads                int64 `json:"loads"`
+	LoadsShared          int64 `json:"loads_shared"`
+	LeaseWaits           int64 `json:"lease_waits"`
+	StaleFillsRejected   int64 `json:"stale_fills_rejected"`
+	Corrupt              int64 `json:"corrupt"`
+	Oversize             int64 `json:"oversize"`
+	RedisErrors          int64 `json:"redis_errors"`
+	Fallbacks            int64 `json:"fallbacks"`
+	Invalidations        int64 `json:"invalidations"`
+	InvalidationFailures int64 `json:"invalidation_failures"`
+	Recoveries           int64 `json:"recoveries"`
+}
+
+// StatsDelta returns the counters of a since b.
+func StatsDelta(a, b cachelayer.Stats) CacheCounters {
+	return CacheCounters{
+		Hits:                 a.Hits - b.Hits,
+		Misses:               a.Misses - b.Misses,
+		Loads:                a.Loads - b.Loads,
+		LoadsShared:          a.LoadsShared - b.LoadsShared,
+		LeaseWaits:           a.LeaseWaits - b.LeaseWaits,
+		StaleFillsRejected:   a.StaleFillsRejected - b.StaleFillsRejected,
+		Corrupt:              a.Corrupt - b.Corrupt,
+		Oversize:             a.Oversize - b.Oversize,
+		RedisErrors:          a.RedisErrors - b.RedisErrors,
+		Fallbacks:            a.Fallbacks - b.Fallbacks,
+		Invalidations:        a.Invalidations - b.Invalidations,
+		InvalidationFailures: a.InvalidationFailures - b.InvalidationFailures,
+		Recoveries:           a.Recoveries - b.Recoveries,
+	}
+}
+
+// Add returns the sum of c and o.
+func (c CacheCounters) Add(o CacheCounters) CacheCounters {
+	return CacheCounters{
+		Hits: c.Hits + o.Hits, Misses: c.Misses + o.Misses, Loads: c.Loads + o.Loads, LoadsShared: c.LoadsShared + o.LoadsShared,
+		LeaseWaits: c.LeaseWaits + o.LeaseWaits, StaleFillsRejected: c.StaleFillsRejected + o.StaleFillsRejected,
+		Corrupt: c.Corrupt + o.Corrupt, Oversize: c.Oversize + o.Oversize, RedisErrors: c.RedisErrors + o.RedisErrors,
+		Fallbacks: c.Fallbacks + o.Fallbacks, Invalidations: c.Invalidations + o.Invalidations,
+		InvalidationFailures: c.InvalidationFailures + o.InvalidationFailures, Recoveries: c.Recoveries + o.Recoveries,
+	}
+}
+
+// freshResult is one run of runFresh.
+type freshResult struct {
+	load  *LoadResult
+	costs Costs
+	cache *CacheCounters
+}
+
+// runFresh builds one new instance of kind per env (cold caches under
+// prefixes of their own), runs load on them with reads and writes spread
+// round-robin over the instances (so that a read may follow another
+// instance's write), measures the costs, and closes the instances.
+func runFresh(ctx context.Context, kind Kind, envs []SystemEnv, load MixedLoad, queries *QueryCounter) (res freshResult, err error) {
+	insts := make([]System, 0, len(envs))
+	defer func() {
+		for _, s := range insts {
+			err = errors.Join(err, s.Close())
+		}
+	}()
+	var hits []HitCounter
+	for _, env := range envs {
+		s, err := NewSystem(kind, env)
+		if err != nil {
+			return res, err
+		}
+		insts = append(insts, s)
+		if hc, ok := s.(HitCounter); ok {
+			hits = append(hits, hc)
+		}
+	}
+	var rr atomic.Uint64
+	pick := func() System { return insts[rr.Add(1)%uint64(len(insts))] }
+	read := func(ctx context.Context, k Key) (credits.Balance, error) { return pick().Balance(ctx, k) }
+	var write func(ctx context.Context, k Key) (credits.Balance, error)
+	if load.WriteFraction > 0 {
+		write = func(ctx context.Context, k Key) (credits.Balance, error) { return pick().Add(ctx, k, 1) }
+	}
+	m := StartMeter(queries, envs[0].RedisCounter, hits)
+	r, err := load.Run(ctx, read, write)
+	if err != nil {
+		return res, err
+	}
+	res.load, res.costs = r, m.Stop(r.Reads, r.Writes, r.CPU)
+	if kind == KindGhlcache {
+		b := &CacheCounters{}
+		for _, s := range insts {
+			*b = b.Add(StatsDelta(s.(*ghlcacheSystem).Stats(), cachelayer.Stats{}))
+		}
+		res.cache = b
+	}
+	return res, nil
+}
+
+// coldRow summarises the rounds of one system's cold workload.
+func coldRow(kind Kind, instances int, rs []freshResult) ColdRow {
+	row := ColdRow{System: string(kind), Instances: instances}
+	if len(rs) == 0 {
+		return row
+	}
+	row.OpsPerSec = median(rs, func(r freshResult) float64 {
+		return float64(r.load.Reads+r.load.Writes) / r.load.CPU.Wall.Seconds()
+	})
+	row.Reads = int64(median(rs, func(r freshResult) float64 { return float64(r.load.Reads) }))
+	row.Writes = int64(median(rs, func(r freshResult) float64 { return float64(r.load.Writes) }))
+	cs := make([]Costs, len(rs))
+	for i, r := range rs {
+		cs[i] = r.costs
+	}
+	row.Costs = medianCosts(cs)
+	row.ReadP50 = Duration(median(rs, func(r freshResult) float64 { return float64(r.load.ReadLatency.Quantile(0.5)) }))
+	row.ReadP99 = Duration(median(rs, func(r freshResult) float64 { return float64(r.load.ReadLatency.Quantile(0.99)) }))
+	if row.Writes > 0 {
+		row.WriteP50 = Duration(median(rs, func(r freshResult) float64 { return float64(r.load.WriteLatency.Quantile(0.5)) }))
+	}
+	for _, r := range rs {
+		row.StaleReads = max(row.StaleReads, r.load.StaleReads) // the worst round: any stale read is a bug
+	}
+	row.Cache = rs[len(rs)-1].cache
+	return row
+}
