@@ -16,7 +16,8 @@ const OutboxDomain = "credits"
 // CachedConfig configures a [Cached]. Zero fields take the defaults.
 type CachedConfig struct {
 	TTL           time.Duration // how long a balance stays cached, cachelayer.TTLShort (60 s)
-	SweepInterval time.Duration // between outbox sweeps, 1 s
+	SweepInterval time.Duration // between outbox sweeps while the sweeper knows of work, 1 s
+	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 10 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
 }
@@ -26,10 +27,13 @@ type CachedConfig struct {
 //
 // A change records the balance's cache key in the outbox in its own
 // transaction; after commit Cached deletes the key (which also voids any
-// in-flight fill of the old value) and removes the row. If that delete fails,
-// the key stays in the outbox and this process reads it from Postgres until a
-// sweep (its own or another instance's) has deleted it; the sweeper runs
-// every SweepInterval. Writes succeed whether or not Redis is reachable.
+// in-flight fill of the old value) and marks the row done (batched). If that
+// delete fails, the row keeps waiting and this process reads the key from
+// Postgres until a sweep (its own or another instance's) has deleted it; the
+// sweeper runs every SweepInterval while it knows of such work (every
+// SweepIdle otherwise). Done rows are kept for the TTL + 1 min, so that
+// after a Redis failover their keys are deleted again. Writes succeed
+// whether or not Redis is reachable.
 type Cached struct {
 	store  *Store
 	cache  *cachelayer.Cache
@@ -48,7 +52,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	}
 	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
 	ob := outbox.New(store.pool, c, outbox.Config{
-		Domain: OutboxDomain, Interval: cfg.SweepInterval, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
+		Domain: OutboxDomain, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
 	})
 	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob}
 }
@@ -103,8 +107,10 @@ func (c *Cached) History(ctx context.Context, userID int64, t Type, limit int) (
 	return c.store.History(ctx, userID, t, limit)
 }
 
-// Sweep runs one outbox sweep now (the sweeper also runs every
-// SweepInterval): it deletes the keys of leftover rows and removes the rows.
+// Sweep runs one outbox sweep now (the sweeper also runs by itself, every
+// SweepInterval while it knows of work, every SweepIdle otherwise): it
+// deletes the keys of waiting rows and marks done those whose delete
+// succeeded.
 // While the cache cannot reach Redis at all (no-cache mode, closed) it
 // deletes no key and claims no row (it drops only moot rows), leaving the
 // rows to instances that can.

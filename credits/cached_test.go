@@ -233,6 +233,8 @@ func TestCachedLostInvalidation(t *testing.T) {
 	user := testsvc.NewID()
 	_, err := reader.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
+	// First the add's row is marked done (batched).
+	waitOutboxRowsGone(ctx, t, prefix+credits.Key(user, enrichment))
 	old := mustBalance(ctx, t, reader.repo, user) // cached in Redis now
 	require.Equal(t, int64(100), old.Amount)
 
@@ -242,7 +244,7 @@ func TestCachedLostInvalidation(t *testing.T) {
 	require.Equal(t, int64(75), want.Amount)
 	var waiting int
 	require.NoError(t, testsvc.Pool(t).QueryRow(ctx,
-		`SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, prefix+credits.Key(user, enrichment)).Scan(&waiting))
+		`SELECT count(*) FROM cache_outbox WHERE cache_key = $1 AND done_at IS NULL`, prefix+credits.Key(user, enrichment)).Scan(&waiting))
 	require.Equal(t, 1, waiting, "the outbox holds the key")
 	require.Equal(t, want, mustBalance(ctx, t, writer.repo, user), "the writer reads its own write")
 	require.Equal(t, old, mustBalance(ctx, t, reader.repo, user), "the reader still sees its cached value (until the sweep)")
@@ -261,20 +263,20 @@ func TestCachedLostInvalidation(t *testing.T) {
 	t.Logf("lost invalidation repaired %v after a new instance started", time.Since(began).Round(time.Millisecond))
 	require.Eventually(t, func() bool {
 		var n int
-		_ = testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`,
+		_ = testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1 AND done_at IS NULL`,
 			prefix+credits.Key(user, enrichment)).Scan(&n)
 		return n == 0
 	}, 3*time.Second, 20*time.Millisecond, "the outbox row is removed")
 }
 
-// waitOutboxRowsGone waits until no outbox row names fullKey: then no
+// waitOutboxRowsGone waits until no waiting outbox row names fullKey: then no
 // sweeper (of any test: every instance sweeps the whole domain) can delete
 // the key again, which would make a read load once more.
 func waitOutboxRowsGone(ctx context.Context, t *testing.T, fullKey string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		var n int
-		err := testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n)
+		err := testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1 AND done_at IS NULL`, fullKey).Scan(&n)
 		return err == nil && n == 0
 	}, 10*time.Second, 10*time.Millisecond, "outbox rows of %s removed", fullKey)
 }

@@ -2,9 +2,13 @@ package credits_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -87,6 +91,8 @@ func TestCachedNoCacheWriterLeavesRowForCachedInstances(t *testing.T) {
 	fullKey := cached.cache.FullKey(credits.Key(user, enrichment))
 	_, err := cached.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
+	// First the add's row is marked done (batched, within ~100 ms).
+	waitOutboxRowsGone(ctx, t, fullKey)
 	old := mustBalance(ctx, t, cached.repo, user) // cached in Redis now
 
 	want, err := writer.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
@@ -128,6 +134,8 @@ func TestCachedClosedCacheTakesNoRows(t *testing.T) {
 	fullKey := healthy.cache.FullKey(credits.Key(user, enrichment))
 	_, err := healthy.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)
+	// First the add's row is marked done (batched, within ~100 ms).
+	waitOutboxRowsGone(ctx, t, fullKey)
 	old := mustBalance(ctx, t, healthy.repo, user) // cached
 	proxy.Block()
 	want, err := cutOff.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
@@ -165,10 +173,61 @@ func TestCachedClosedCacheTakesNoRows(t *testing.T) {
 	}
 }
 
-// outboxRows counts the outbox rows naming fullKey.
+// outboxRows counts the outbox rows naming fullKey that wait for their
+// key's delete (done rows, kept for re-deletes, do not count).
 func outboxRows(ctx context.Context, t *testing.T, fullKey string) int {
 	t.Helper()
 	var n int
-	require.NoError(t, testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`, fullKey).Scan(&n))
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1 AND done_at IS NULL`, fullKey).Scan(&n))
 	return n
+}
+
+// outboxTracer counts the outbox's own statements on a pool (its sqlc
+// queries but the write's INSERT; the write's statements go uncounted).
+type outboxTracer struct{ n atomic.Int64 }
+
+func (o *outboxTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "-- name: CacheOutbox") && !strings.Contains(data.SQL, "CacheOutboxInsert") {
+		o.n.Add(1)
+	}
+	return ctx
+}
+
+func (o *outboxTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// TestCachedOutboxStatementsPerWrite: sequential deducts through Cached
+// with its real marker and sweeper. Marking done is batched by time (one
+// UPDATE per 100 ms), so the outbox's own statements are bounded by the
+// elapsed time, not by the number of writes (before: one DELETE per write,
+// or nearly). The exact count at a simulated 500 writes/s is
+// internal/outbox's TestStatementsPerWrite. Not parallel: another test's
+// leftover rows would be this instance's work too.
+func TestCachedOutboxStatementsPerWrite(t *testing.T) {
+	ctx := testContext(t)
+	tracer := &outboxTracer{}
+	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
+	t.Cleanup(func() { _ = cache.Close() })
+	repo := credits.NewCached(credits.NewStore(pool), cache, nil)
+	t.Cleanup(func() { _ = repo.Close() })
+
+	user := testsvc.NewID()
+	_, err := repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1_000_000})
+	require.NoError(t, err)
+	const writes = 300
+	began := time.Now()
+	for i := range writes {
+		_, err := repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: fmt.Sprintf("w%d", i)})
+		require.NoError(t, err)
+	}
+	require.NoError(t, repo.Close()) // the last flush
+	elapsed := time.Since(began)
+	got := tracer.n.Load()
+	// At most one flush per 100 ms (plus Close's), and a sweep (at most
+	// six statements) per second.
+	bound := int64(elapsed/(100*time.Millisecond)) + 2 + 6*(int64(elapsed/time.Second)+1)
+	require.LessOrEqual(t, got, bound)
+	require.Less(t, got, int64(writes), "far from one per write")
+	t.Logf("%d deducts in %v (%.0f/s): %d outbox statements, %.3f per write",
+		writes, elapsed.Round(time.Millisecond), writes/elapsed.Seconds(), got, float64(got)/writes)
 }

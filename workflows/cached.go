@@ -32,7 +32,8 @@ type Cached struct {
 type CachedConfig struct {
 	TTL           time.Duration // how long a definition stays cached, cachelayer.TTLMedium (300 s)
 	NegativeTTL   time.Duration // how long "not found" stays cached, 30 s
-	SweepInterval time.Duration // between outbox sweeps, 1 s
+	SweepInterval time.Duration // between outbox sweeps while the sweeper knows of work, 1 s
+	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 10 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
 }
@@ -52,7 +53,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	}
 	maxAge := max(opts.TTL, opts.NegativeTTL) + time.Minute // how long a cached entry or marker can outlive a lost delete
 	return &Cached{store: store, cache: c, opts: opts, outbox: outbox.New(store.pool, c, outbox.Config{
-		Domain: OutboxDomain, Interval: cfg.SweepInterval, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
+		Domain: OutboxDomain, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
 	})}
 }
 
@@ -107,8 +108,10 @@ type OutboxStats = outbox.Stats
 // invalidations, and this process's sweeper counters.
 func (c *Cached) OutboxStats(ctx context.Context) (OutboxStats, error) { return c.outbox.Stats(ctx) }
 
-// Sweep runs one outbox sweep now (the sweeper also runs every
-// SweepInterval): it deletes the keys of leftover rows and removes the rows.
+// Sweep runs one outbox sweep now (the sweeper also runs by itself, every
+// SweepInterval while it knows of work, every SweepIdle otherwise): it
+// deletes the keys of waiting rows and marks done those whose delete
+// succeeded.
 // While the cache cannot reach Redis at all (no-cache mode, closed) it
 // deletes no key and claims no row (it drops only moot rows), leaving the
 // rows to instances that can.

@@ -133,7 +133,7 @@ func TestCachedHitIsDeepEqual(t *testing.T) {
 	// once more (and make a read load again).
 	require.Eventually(t, func() bool {
 		var n int
-		err := testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1`,
+		err := testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE cache_key = $1 AND done_at IS NULL`,
 			a.cache.FullKey(workflows.Key(d.ID))).Scan(&n)
 		return err == nil && n == 0
 	}, 10*time.Second, 10*time.Millisecond, "the save's outbox row removed")

@@ -7,20 +7,26 @@ package dbq
 
 import (
 	"context"
+	"time"
 )
 
 const cacheOutboxClaim = `-- name: CacheOutboxClaim :many
 SELECT id, cache_key
 FROM cache_outbox
 WHERE domain = $1::text
-ORDER BY created_at, id
-LIMIT $2::int
+  AND done_at IS NULL
+  AND id > $2::bigint
+  AND created_at < statement_timestamp() - make_interval(secs => $3::float8)
+ORDER BY id
+LIMIT $4::int
 FOR UPDATE SKIP LOCKED
 `
 
 type CacheOutboxClaimParams struct {
-	Domain  string
-	MaxRows int32
+	Domain       string
+	AfterID      int64
+	GraceSeconds float64
+	MaxRows      int32
 }
 
 type CacheOutboxClaimRow struct {
@@ -28,9 +34,19 @@ type CacheOutboxClaimRow struct {
 	CacheKey string
 }
 
-// Oldest first; rows another sweeper holds are skipped, not waited for.
+// Waiting rows after after_id, in id order (the sweep's cursor: a row whose
+// delete failed is not claimed again in the same sweep), older by
+// created_at than grace_seconds (rows whose writer is most likely still
+// delivering them are left to it; measured from this statement's start, not
+// the transaction's, so grace 0 takes every row committed before it); rows
+// another sweeper holds are skipped, not waited for.
 func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimParams) ([]CacheOutboxClaimRow, error) {
-	rows, err := q.db.Query(ctx, cacheOutboxClaim, arg.Domain, arg.MaxRows)
+	rows, err := q.db.Query(ctx, cacheOutboxClaim,
+		arg.Domain,
+		arg.AfterID,
+		arg.GraceSeconds,
+		arg.MaxRows,
+	)
 	if err != nil {
 		return nil, err
 	}
@@ -61,6 +77,19 @@ func (q *Queries) CacheOutboxDelete(ctx context.Context, ids []int64) (int64, er
 	return result.RowsAffected(), nil
 }
 
+const cacheOutboxDropMoot = `-- name: CacheOutboxDropMoot :execrows
+DELETE FROM cache_outbox WHERE id = ANY($1::bigint[]) AND done_at IS NULL
+`
+
+// Removes moot rows that still wait (a row done meanwhile is kept).
+func (q *Queries) CacheOutboxDropMoot(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, cacheOutboxDropMoot, ids)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const cacheOutboxInsert = `-- name: CacheOutboxInsert :one
 INSERT INTO cache_outbox (domain, cache_key, created_at)
 VALUES ($1::text, $2::text, now())
@@ -83,6 +112,7 @@ const cacheOutboxListOld = `-- name: CacheOutboxListOld :many
 SELECT id
 FROM cache_outbox
 WHERE domain = $1::text
+  AND done_at IS NULL
   AND created_at < now() - make_interval(secs => $2::float8)
   AND id > $3::bigint
 ORDER BY id
@@ -96,10 +126,10 @@ type CacheOutboxListOldParams struct {
 	MaxRows       int32
 }
 
-// Rows whose created_at is older than max_age_seconds, in id order after
-// after_id, without locking them. created_at is the start of the writing
-// transaction, which may have committed a moment ago: this only narrows
-// down the rows that may be moot.
+// Waiting rows whose created_at is older than max_age_seconds, in id order
+// after after_id, without locking them. created_at is the start of the
+// writing transaction, which may have committed a moment ago: this only
+// narrows down the rows that may be moot.
 func (q *Queries) CacheOutboxListOld(ctx context.Context, arg CacheOutboxListOldParams) ([]int64, error) {
 	rows, err := q.db.Query(ctx, cacheOutboxListOld,
 		arg.Domain,
@@ -125,13 +155,145 @@ func (q *Queries) CacheOutboxListOld(ctx context.Context, arg CacheOutboxListOld
 	return items, nil
 }
 
-const cacheOutboxPresent = `-- name: CacheOutboxPresent :many
-SELECT id FROM cache_outbox WHERE id = ANY($1::bigint[])
+const cacheOutboxMarkDone = `-- name: CacheOutboxMarkDone :execrows
+UPDATE cache_outbox SET done_at = now()
+WHERE id IN (
+    SELECT o.id FROM cache_outbox o
+    WHERE o.id = ANY($1::bigint[]) AND o.done_at IS NULL
+    FOR UPDATE SKIP LOCKED
+)
 `
 
-// Which of these rows are still waiting (not yet swept by any instance).
-func (q *Queries) CacheOutboxPresent(ctx context.Context, ids []int64) ([]int64, error) {
-	rows, err := q.db.Query(ctx, cacheOutboxPresent, ids)
+// Marks waiting rows done after their keys' deletes succeeded. Rows a
+// sweeper holds are skipped, not waited for: that sweeper deletes their
+// keys and marks them itself (or leaves them waiting, which costs one more
+// delete). A transaction's own locks never make it skip.
+func (q *Queries) CacheOutboxMarkDone(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, cacheOutboxMarkDone, ids)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const cacheOutboxRecent = `-- name: CacheOutboxRecent :many
+SELECT id, cache_key, done_at::timestamptz AS done_at
+FROM cache_outbox
+WHERE domain = $1::text
+  AND done_at IS NOT NULL
+  AND done_at >= now() - make_interval(secs => $2::float8)
+  AND (done_at, id) > ($3::timestamptz, $4::bigint)
+ORDER BY done_at, id
+LIMIT $5::int
+`
+
+type CacheOutboxRecentParams struct {
+	Domain      string
+	KeepSeconds float64
+	AfterDoneAt time.Time
+	AfterID     int64
+	MaxRows     int32
+}
+
+type CacheOutboxRecentRow struct {
+	ID       int64
+	CacheKey string
+	DoneAt   time.Time
+}
+
+// Done rows younger than keep_seconds, in (done_at, id) order after the
+// cursor: the keys to delete again after a Redis topology change.
+func (q *Queries) CacheOutboxRecent(ctx context.Context, arg CacheOutboxRecentParams) ([]CacheOutboxRecentRow, error) {
+	rows, err := q.db.Query(ctx, cacheOutboxRecent,
+		arg.Domain,
+		arg.KeepSeconds,
+		arg.AfterDoneAt,
+		arg.AfterID,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []CacheOutboxRecentRow
+	for rows.Next() {
+		var i CacheOutboxRecentRow
+		if err := rows.Scan(&i.ID, &i.CacheKey, &i.DoneAt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const cacheOutboxStats = `-- name: CacheOutboxStats :one
+SELECT count(*)::bigint AS depth,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
+FROM cache_outbox
+WHERE domain = $1::text AND done_at IS NULL
+`
+
+type CacheOutboxStatsRow struct {
+	Depth            int64
+	OldestAgeSeconds float64
+}
+
+// Rows still waiting for their delete; done rows kept for re-deletes do
+// not count.
+func (q *Queries) CacheOutboxStats(ctx context.Context, domain string) (CacheOutboxStatsRow, error) {
+	row := q.db.QueryRow(ctx, cacheOutboxStats, domain)
+	var i CacheOutboxStatsRow
+	err := row.Scan(&i.Depth, &i.OldestAgeSeconds)
+	return i, err
+}
+
+const cacheOutboxTidy = `-- name: CacheOutboxTidy :one
+WITH cleaned AS (
+    DELETE FROM cache_outbox c
+    WHERE c.domain = $1::text
+      AND c.done_at IS NOT NULL
+      AND c.done_at < now() - make_interval(secs => $3::float8)
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM cache_outbox w WHERE w.domain = $1::text AND w.done_at IS NULL)::bool AS waiting,
+       EXISTS (SELECT 1 FROM cache_outbox g WHERE g.domain = $1::text AND g.done_at IS NULL
+                  AND g.created_at < now() - make_interval(secs => $2::float8))::bool AS claimable,
+       (SELECT count(*) FROM cleaned)::bigint AS cleaned
+`
+
+type CacheOutboxTidyParams struct {
+	Domain       string
+	GraceSeconds float64
+	KeepSeconds  float64
+}
+
+type CacheOutboxTidyRow struct {
+	Waiting   bool
+	Claimable bool
+	Cleaned   int64
+}
+
+// One statement per sweep: removes the done rows kept longer than
+// keep_seconds, and says whether any row of the domain still waits and
+// whether any waiting row is older (by created_at) than grace_seconds.
+func (q *Queries) CacheOutboxTidy(ctx context.Context, arg CacheOutboxTidyParams) (CacheOutboxTidyRow, error) {
+	row := q.db.QueryRow(ctx, cacheOutboxTidy, arg.Domain, arg.GraceSeconds, arg.KeepSeconds)
+	var i CacheOutboxTidyRow
+	err := row.Scan(&i.Waiting, &i.Claimable, &i.Cleaned)
+	return i, err
+}
+
+const cacheOutboxWaitingAmong = `-- name: CacheOutboxWaitingAmong :many
+SELECT id FROM cache_outbox WHERE id = ANY($1::bigint[]) AND done_at IS NULL
+`
+
+// Which of these rows still wait for their delete (not done, not dropped,
+// by any instance).
+func (q *Queries) CacheOutboxWaitingAmong(ctx context.Context, ids []int64) ([]int64, error) {
+	rows, err := q.db.Query(ctx, cacheOutboxWaitingAmong, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -148,23 +310,4 @@ func (q *Queries) CacheOutboxPresent(ctx context.Context, ids []int64) ([]int64,
 		return nil, err
 	}
 	return items, nil
-}
-
-const cacheOutboxStats = `-- name: CacheOutboxStats :one
-SELECT count(*)::bigint AS depth,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
-FROM cache_outbox
-WHERE domain = $1::text
-`
-
-type CacheOutboxStatsRow struct {
-	Depth            int64
-	OldestAgeSeconds float64
-}
-
-func (q *Queries) CacheOutboxStats(ctx context.Context, domain string) (CacheOutboxStatsRow, error) {
-	row := q.db.QueryRow(ctx, cacheOutboxStats, domain)
-	var i CacheOutboxStatsRow
-	err := row.Scan(&i.Depth, &i.OldestAgeSeconds)
-	return i, err
 }

@@ -13,6 +13,7 @@ type CacheOutbox struct {
 	Domain    string
 	CacheKey  string
 	CreatedAt time.Time
+	DoneAt    *time.Time
 }
 
 type CreditBalance struct {

@@ -1,32 +1,8 @@
-// Package outbox makes cache invalidation durable: a change records the full
-// cache key in the cache_outbox table in its own transaction
-// ([Outbox.Record]); after commit the writer deletes the key and removes the
-// row ([Outbox.Invalidate]); a sweeper in every cached
-// repository deletes the keys of rows left behind (Redis was down, the delete
-// timed out, the writer died) and removes a row only after its key's delete
-// succeeded, however old the row is.
-//
-// Only while its deletes fail does a sweeper drop rows without a delete, and
-// only moot ones: rows it first saw at least MaxAge (the domain's TTL + 1
-// min) ago. A row is visible only once its transaction has committed, so
-// that moment is after the change, and the cache entry the row names has
-// expired by itself since. The row's created_at cannot tell: it is the start
-// of the writing transaction, which may have committed much later.
-//
-// An instance whose cache cannot reach Redis at all (no-cache mode, a closed
-// cache) still writes its rows, but counts none as delivered and claims
-// none (it only drops moot rows): instances that share the database and
-// have Redis delete their keys.
-//
-// The Outbox also remembers which keys this process's own invalidations are
-// still pending for, so its reads of them can bypass the cache
-// (read-your-writes during a Redis outage).
 package outbox
 
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -40,41 +16,64 @@ import (
 )
 
 // Invalidator deletes already-prefixed cache keys; *cachelayer.Cache is one.
-// FullKey prefixes a domain's key as the cache stores it. DeleteFull must
-// return nil only when every key's delete reached Redis.
+//
+// FullKey prefixes a domain's key as the cache stores it.
+//
+// DeleteFullEach deletes keys with one outcome per key: a nil slice means
+// every key was deleted; otherwise errs[i] is nil only when fullKeys[i]'s
+// delete reached Redis (and is as durable as the cache can make it), and
+// not nil when it failed or was not attempted (its shard unreachable, its
+// breaker open, no-cache mode, a closed cache).
+//
+// DeleteFull deletes keys and returns nil only when every key's delete
+// reached Redis. The outbox calls it only while the Invalidator is not
+// Enabled, after a write, where it must make the key's in-process loads
+// unjoinable (as cachelayer.Cache.DeleteFull does), so that a read that
+// begins after the write does not share a load that began before it.
+//
+// TopologyEpoch is a number that changes whenever the cache sees its Redis
+// change in a way that may have lost acknowledged deletes (a new master, a
+// breaker closing after an outage). It is read often: it must be cheap.
+//
 // Enabled reports whether it can reach Redis at all: false for a cache in
 // no-cache mode or closed. While it is false the outbox counts nothing as
 // delivered and claims no rows (which would hold them from instances that
-// can delete their keys); it still calls DeleteFull after a write, which
-// must then make the key's in-process loads unjoinable (as
-// cachelayer.Cache.DeleteFull does), so that a read that begins after the
-// write does not share a load that began before it.
+// can delete their keys).
 type Invalidator interface {
 	FullKey(key string) string
 	DeleteFull(ctx context.Context, fullKeys ...string) error
+	DeleteFullEach(ctx context.Context, fullKeys []string) []error
+	TopologyEpoch() uint64
 	Enabled() bool
 }
 
 // Config configures an Outbox. Zero fields take the defaults.
 type Config struct {
-	Domain   string        // cache_outbox.domain this outbox writes and sweeps; required
-	Interval time.Duration // between sweeps, 1 s
-	Batch    int           // rows claimed per transaction, 500
-	MaxAge   time.Duration // how long a row stays after this process first saw it, while its key cannot be deleted; the domain TTL + 1 min
-	Logger   *slog.Logger  // slog.Default()
+	Domain       string        // cache_outbox.domain this outbox writes and sweeps; required
+	Interval     time.Duration // between sweeps while there is work, 1 s
+	IdleInterval time.Duration // between sweeps while there is none, 10 s (at least Interval)
+	Batch        int           // rows claimed per transaction, and rows per page of re-deletes, 500
+	MaxAge       time.Duration // the domain TTL + 1 min: how long done rows are kept for re-deletes, and how long a waiting row stays after this process first saw it while its key cannot be deleted
+	Logger       *slog.Logger  // slog.Default()
 
-	Now func() time.Time // the clock MaxAge is measured on, time.Now; tests set it
+	FlushInterval time.Duration // how long a done row waits to be marked with others, 100 ms
+	FlushMax      int           // marked at once as soon as this many are queued, 1000
+	EpochPoll     time.Duration // how often the sweeper looks at TopologyEpoch (no I/O) and whether a sweep is due, min(Interval, 250 ms)
+
+	Now func() time.Time // the clock MaxAge and the sweep schedule are measured on, time.Now; tests set it
 }
 
-// Stats describes an outbox domain: the table's rows (all instances) and
-// this process's counters.
+// Stats describes an outbox domain: the table's waiting rows (all
+// instances) and this process's counters.
 type Stats struct {
-	Depth     int64         // rows waiting in the table for this domain
-	OldestAge time.Duration // age of the oldest waiting row, 0 when none
+	Depth     int64         // rows waiting in the table for their key's delete (done rows kept for re-deletes do not count)
+	OldestAge time.Duration // age (by created_at) of the oldest waiting row, 0 when none
 	Pending   int           // keys whose invalidation this process is still waiting for
-	Swept     int64         // rows this process's sweeper removed after deleting their key
-	Dropped   int64         // moot rows this process's sweeper dropped without a delete (its deletes failed)
-	Failures  int64         // sweeps that could not reach Redis or Postgres
+	Swept     int64         // rows this process's sweeper marked done after deleting their key
+	Dropped   int64         // moot rows this process's sweeper dropped without a delete (their deletes failed)
+	Cleaned   int64         // done rows this process removed after keeping them MaxAge
+	Redeleted int64         // keys this process deleted again after a topology change
+	Failures  int64         // sweeps (or re-delete passes) that could not reach Redis for some key, or Postgres
 }
 
 // Outbox writes, tracks and sweeps one domain's invalidations. It is safe
@@ -86,52 +85,69 @@ type Outbox struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex       // guards pending and byKey
-	pending map[int64]string // outbox row id → key, for rows this process wrote and has not seen removed
+	pending map[int64]string // outbox row id → key, for rows this process wrote and has not seen done
 	byKey   map[string]int   // key → number of pending rows for it
 	npend   atomic.Int64     // len(pending), read without mu on the hot path
 
-	swept, dropped, failures atomic.Int64
+	swept, dropped, cleaned, redeleted, failures atomic.Int64
 
-	sweepMu   sync.Mutex          // serialises Sweep; guards seen and seenAfter
-	seen      map[int64]time.Time // row id → when a sweep that could not delete keys first saw it (after its commit); at most seenPerBatch × Batch rows
-	seenAfter int64               // the row id after which the next look for old rows starts; 0: from the first
+	sweepMu   sync.Mutex           // serialises sweeps and re-delete passes; guards the fields below
+	seen      map[int64]time.Time  // row id → when a sweep that could not delete keys first saw it waiting (after its commit); at most seenPerBatch × Batch rows
+	seenAfter int64                // the row id after which the next look for old rows starts; 0: from the first
+	lastSweep time.Time            // when the last sweep began (cfg.Now)
+	busy      bool                 // the last sweep found rows or failed (or none ran yet): sweep again after Interval, not IdleInterval
+	epoch     uint64               // the TopologyEpoch whose re-delete pass completed (New: the epoch at New)
+	retry     map[string]time.Time // key → when its re-delete first failed; retried every sweep until it succeeds or is MaxAge old
+	repass    bool                 // a pass could not remember all its failures (more than maxRetries): run it again
+	pass      *redeletePass        // the re-delete pass under way, nil when none
 
-	removeMu   sync.Mutex    // guards removeIDs
-	removeIDs  []int64       // rows whose key was deleted, to remove
-	removeWake chan struct{} // capacity 1: the remover has work
+	doneMu   sync.Mutex    // guards doneIDs; held while an invalidation checks the epoch and queues its row (see queueDone)
+	doneIDs  []int64       // rows whose key was deleted, to mark done
+	doneWake chan struct{} // capacity 1: the marker has work (first id queued, or FlushMax reached)
+	flushMu  sync.Mutex    // held for a whole flush, so flushDone returns only once every id queued before it is marked (or failed)
 
 	stop      chan struct{}
-	wg        sync.WaitGroup // the sweeper and the remover
+	wg        sync.WaitGroup // the sweeper and the marker
 	closeOnce sync.Once
-	failing   atomic.Bool // last sweep failed; logs once per state change
+	failing   atomic.Bool // last step failed; logs once per state change
 }
 
-// New returns an Outbox for cfg.Domain and starts its sweeper goroutine.
+// New returns an Outbox for cfg.Domain and starts its sweeper and its
+// marker goroutines.
 func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 	if cfg.Domain == "" {
 		panic("outbox: Config.Domain is required")
 	}
-	if cfg.Interval < 0 || cfg.Batch < 0 || cfg.MaxAge < 0 {
+	if cfg.Interval < 0 || cfg.IdleInterval < 0 || cfg.Batch < 0 || cfg.MaxAge < 0 ||
+		cfg.FlushInterval < 0 || cfg.FlushMax < 0 || cfg.EpochPoll < 0 {
 		panic("outbox: negative Config value")
 	}
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
+	cfg.IdleInterval = max(cmp.Or(cfg.IdleInterval, 10*time.Second), cfg.Interval)
 	cfg.Batch = cmp.Or(cfg.Batch, 500)
 	cfg.MaxAge = cmp.Or(cfg.MaxAge, 6*time.Minute)
+	cfg.FlushInterval = cmp.Or(cfg.FlushInterval, 100*time.Millisecond)
+	cfg.FlushMax = cmp.Or(cfg.FlushMax, 1000)
+	cfg.EpochPoll = cmp.Or(cfg.EpochPoll, min(cfg.Interval, 250*time.Millisecond))
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	o := &Outbox{
 		pool: pool, inv: inv, cfg: cfg,
-		log:        cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
-		pending:    make(map[int64]string),
-		byKey:      make(map[string]int),
-		seen:       make(map[int64]time.Time),
-		stop:       make(chan struct{}),
-		removeWake: make(chan struct{}, 1),
+		log:       cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
+		pending:   make(map[int64]string),
+		byKey:     make(map[string]int),
+		seen:      make(map[int64]time.Time),
+		retry:     make(map[string]time.Time),
+		lastSweep: cfg.Now(),
+		busy:      true, // rows this instance left before a restart are found after Interval
+		epoch:     inv.TopologyEpoch(),
+		stop:      make(chan struct{}),
+		doneWake:  make(chan struct{}, 1),
 	}
 	o.wg.Add(2)
 	go o.run()
-	go o.runRemover()
+	go o.runMarker()
 	return o
 }
 
@@ -145,9 +161,9 @@ type Invalidation struct {
 // Record writes the outbox row that invalidates key (unprefixed, as the
 // domain builds it) inside tx, the transaction of the change that makes the
 // cached value stale, so the invalidation is durable exactly when the
-// change is. It is the one place that writes outbox rows: one INSERT on
-// tx, no round trip of its own. After the commit (or a commit whose outcome
-// is unknown) pass the result to [Outbox.Invalidate].
+// change is. One INSERT on tx, no round trip of its own. After the commit
+// (or a commit whose outcome is unknown) pass the result to
+// [Outbox.Invalidate].
 //
 // On a nil *Outbox (a store with no cache in front) it writes nothing and
 // returns the zero Invalidation.
@@ -166,12 +182,21 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, key string) (Invalidatio
 // Invalidate runs after the commit that wrote inv's row (or one whose
 // outcome is unknown: if it did not commit, there is no row and the pending
 // mark clears at the next sweep); the zero Invalidation does nothing. It
-// marks the key pending, deletes it from the cache and, when that
-// succeeded, clears the mark and queues the row for removal. When the delete fails the row stays
-// for the sweeper and the key stays pending, so this process reads it from
-// Postgres meanwhile. It ignores ctx's cancellation (the change has
-// committed; its invalidation must still happen) and is bounded by the
-// Invalidator's own timeout.
+// marks the key pending and deletes it from the cache; when that succeeded
+// it clears the mark and queues the row to be marked done (in a batch, off
+// the write path). When the delete fails or is not attempted (Redis or the
+// key's shard unavailable, its breaker open) the row keeps waiting for the
+// sweeper and the key stays pending, so this process reads it from
+// Postgres meanwhile. So does a delete during which the cache's
+// TopologyEpoch changed: it may have reached a master that lost it, and the
+// sweeper deletes the key again on the new topology. Invalidate ignores
+// ctx's cancellation (the change has committed; its invalidation must still
+// happen) and is bounded by the Invalidator's own timeout.
+//
+// An Invalidation of a row whose id the writer never learnt
+// ([Outbox.Unrecorded]: a negative ID no row has) is handled alike: marking
+// "its" row done marks nothing, and its pending mark clears at the next
+// sweep; the row, if it committed, waits for a sweep.
 //
 // While the Invalidator is not Enabled (no-cache mode, closed cache) the
 // row stays for an instance that can delete the key, and nothing is marked
@@ -188,57 +213,16 @@ func (o *Outbox) Invalidate(ctx context.Context, inv Invalidation) {
 		return
 	}
 	o.markPending(id, key)
-	if err := o.inv.DeleteFull(ctx, key); err != nil {
-		o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
+	epoch := o.inv.TopologyEpoch()
+	if errs := o.inv.DeleteFullEach(ctx, []string{key}); len(errs) > 0 && errs[0] != nil {
+		o.log.Debug("invalidation left to the sweeper", "key", key, "err", errs[0])
+		return
+	}
+	if !o.queueDone(id, epoch) {
+		o.log.Debug("invalidation overlapped a topology change; left to the sweeper", "key", key)
 		return
 	}
 	o.clearPending(id)
-	o.scheduleRemoval(id)
-}
-
-// scheduleRemoval queues the row of an invalidation that reached Redis for
-// removal by the remover goroutine, which deletes queued rows in batches
-// off the write path (a write then costs one commit, not two). A row whose
-// removal is lost (crash, Postgres error) only makes a sweeper delete its
-// key once more.
-func (o *Outbox) scheduleRemoval(id int64) {
-	o.removeMu.Lock()
-	o.removeIDs = append(o.removeIDs, id)
-	o.removeMu.Unlock()
-	select {
-	case o.removeWake <- struct{}{}:
-	default: // the remover is already due to run
-	}
-}
-
-// removeQueued deletes the queued rows in one statement.
-func (o *Outbox) removeQueued() {
-	o.removeMu.Lock()
-	ids := o.removeIDs
-	o.removeIDs = nil
-	o.removeMu.Unlock()
-	if len(ids) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := dbq.New(o.pool).CacheOutboxDelete(ctx, ids); err != nil {
-		// The keys are deleted; a sweeper deletes them once more and the rows.
-		o.log.Debug("outbox rows left to the sweeper", "rows", len(ids), "err", err)
-	}
-}
-
-func (o *Outbox) runRemover() {
-	defer o.wg.Done()
-	for {
-		select {
-		case <-o.stop:
-			o.removeQueued()
-			return
-		case <-o.removeWake:
-			o.removeQueued()
-		}
-	}
 }
 
 // AnyPending reports whether any invalidation of this process has not
@@ -278,6 +262,9 @@ func (o *Outbox) markPending(id int64, key string) {
 }
 
 func (o *Outbox) clearPending(ids ...int64) {
+	if len(ids) == 0 || o.npend.Load() == 0 {
+		return
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, id := range ids {
@@ -293,164 +280,22 @@ func (o *Outbox) clearPending(ids ...int64) {
 	o.npend.Store(int64(len(o.pending)))
 }
 
-// Sweep claims this domain's waiting rows oldest first, in batches, with
-// FOR UPDATE SKIP LOCKED (instances sweep side by side), deletes their keys
-// and removes the rows whose keys were deleted. It stops at the first batch
-// whose delete fails and returns that error; then it drops the moot rows
-// (see dropMoot). While the Invalidator is not Enabled it claims no rows
-// and deletes no keys: it only drops moot rows, and returns nil unless
-// Postgres fails. Concurrent calls in one process run one after the other.
-func (o *Outbox) Sweep(ctx context.Context) error {
-	o.sweepMu.Lock()
-	defer o.sweepMu.Unlock()
-	defer o.forgetSwept(ctx)
-	if !o.inv.Enabled() {
-		return o.dropMoot(ctx)
-	}
-	for {
-		n, err := o.sweepBatch(ctx)
-		if err != nil {
-			return errors.Join(err, o.dropMoot(ctx))
-		}
-		if n < o.cfg.Batch {
-			// Every row this process could claim had its key deleted; rows
-			// it could not are other sweepers'. Seeing starts afresh at the
-			// next failure (which only delays a drop).
-			clear(o.seen)
-			o.seenAfter = 0
-			return nil
-		}
-	}
-}
-
-// sweepBatch claims one batch, deletes the keys of all its rows (however
-// old: deleting a key costs next to nothing, and a row's created_at does not
-// tell whether its entry has expired) and removes the rows; when the delete
-// fails it keeps them all.
-func (o *Outbox) sweepBatch(ctx context.Context) (claimed int, err error) {
-	tx, err := o.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
-	if err != nil {
-		return 0, fmt.Errorf("outbox: sweep: begin: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	q := dbq.New(tx)
-	rows, err := q.CacheOutboxClaim(ctx, dbq.CacheOutboxClaimParams{Domain: o.cfg.Domain, MaxRows: int32(o.cfg.Batch)})
-	if err != nil || len(rows) == 0 {
-		if err != nil {
-			err = fmt.Errorf("outbox: sweep: claim: %w", err)
-		}
-		return 0, err
-	}
-	ids := make([]int64, len(rows))
-	keys := make([]string, 0, len(rows))
-	seen := make(map[string]bool, len(rows))
-	for i, r := range rows {
-		ids[i] = r.ID
-		if !seen[r.CacheKey] {
-			seen[r.CacheKey] = true
-			keys = append(keys, r.CacheKey)
-		}
-	}
-	if err := o.inv.DeleteFull(ctx, keys...); err != nil {
-		return 0, fmt.Errorf("outbox: sweep: delete %d keys: %w", len(keys), err)
-	}
-	removed, err := q.CacheOutboxDelete(ctx, ids)
-	if err != nil {
-		return 0, fmt.Errorf("outbox: sweep: delete rows: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("outbox: sweep: commit: %w", err)
-	}
-	o.swept.Add(removed)
-	o.clearPending(ids...)
-	return len(rows), nil
-}
-
-// seenPerBatch bounds the rows dropMoot tracks: seenPerBatch × Batch.
-const seenPerBatch = 100
-
-// dropMoot runs when a sweep cannot delete keys (Redis unreachable, or the
-// Invalidator not Enabled). It removes the rows it saw at least MaxAge ago:
-// a row is visible only after its transaction committed, so the entry it
-// names has expired by itself since. Then it looks at one more page of rows
-// that are older than MaxAge by created_at (a necessary condition, but the
-// start of their transaction, so they may have committed a moment ago) and
-// notes that it saw them now. Pages follow each other by id and start over
-// after the last one, so every row gets seen, also one that committed late
-// behind the pages already read. It takes no row locks but its DELETE's.
-func (o *Outbox) dropMoot(ctx context.Context) error {
-	q := dbq.New(o.pool)
-	now := o.cfg.Now()
-	var moot []int64
-	for id, at := range o.seen {
-		if now.Sub(at) >= o.cfg.MaxAge {
-			moot = append(moot, id)
-		}
-	}
-	if len(moot) > 0 {
-		n, err := q.CacheOutboxDelete(ctx, moot)
-		if err != nil {
-			return fmt.Errorf("outbox: drop moot rows: %w", err)
-		}
-		for _, id := range moot {
-			delete(o.seen, id)
-		}
-		o.dropped.Add(n)
-		o.clearPending(moot...)
-	}
-	limit := seenPerBatch * o.cfg.Batch
-	if len(o.seen) >= limit {
+// pendingIDs returns the rows of this process's pending invalidations.
+func (o *Outbox) pendingIDs() []int64 {
+	if o.npend.Load() == 0 {
 		return nil
 	}
-	ids, err := q.CacheOutboxListOld(ctx, dbq.CacheOutboxListOldParams{
-		Domain: o.cfg.Domain, MaxAgeSeconds: o.cfg.MaxAge.Seconds(), AfterID: o.seenAfter, MaxRows: int32(o.cfg.Batch),
-	})
-	if err != nil {
-		return fmt.Errorf("outbox: look for old rows: %w", err)
-	}
-	at := o.cfg.Now() // after the query's snapshot, so after these rows' commits
-	for _, id := range ids {
-		if _, ok := o.seen[id]; !ok && len(o.seen) < limit {
-			o.seen[id] = at
-		}
-	}
-	o.seenAfter = 0 // after the last page, start over
-	if len(ids) == o.cfg.Batch {
-		o.seenAfter = ids[len(ids)-1]
-	}
-	return nil
-}
-
-// forgetSwept clears pending marks whose rows another instance removed.
-func (o *Outbox) forgetSwept(ctx context.Context) {
 	o.mu.Lock()
+	defer o.mu.Unlock()
 	ids := make([]int64, 0, len(o.pending))
 	for id := range o.pending {
 		ids = append(ids, id)
 	}
-	o.mu.Unlock()
-	if len(ids) == 0 {
-		return
-	}
-	present, err := dbq.New(o.pool).CacheOutboxPresent(ctx, ids)
-	if err != nil {
-		return
-	}
-	still := make(map[int64]bool, len(present))
-	for _, id := range present {
-		still[id] = true
-	}
-	var gone []int64
-	for _, id := range ids {
-		if !still[id] {
-			gone = append(gone, id)
-		}
-	}
-	o.clearPending(gone...)
+	return ids
 }
 
-// Stats returns the domain's depth and oldest row age from the table and
-// this process's counters.
+// Stats returns the domain's waiting depth and oldest waiting row age from
+// the table and this process's counters.
 func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 	row, err := dbq.New(o.pool).CacheOutboxStats(ctx, o.cfg.Domain)
 	if err != nil {
@@ -465,38 +310,15 @@ func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 		Pending:   pending,
 		Swept:     o.swept.Load(),
 		Dropped:   o.dropped.Load(),
+		Cleaned:   o.cleaned.Load(),
+		Redeleted: o.redeleted.Load(),
 		Failures:  o.failures.Load(),
 	}, nil
 }
 
-func (o *Outbox) run() {
-	defer o.wg.Done()
-	t := time.NewTicker(o.cfg.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-o.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, 5*o.cfg.Interval))
-		err := o.Sweep(ctx)
-		cancel()
-		switch {
-		case err != nil:
-			o.failures.Add(1)
-			if !o.failing.Swap(true) {
-				o.log.Warn("cache invalidation sweep failing; rows kept for the next sweep", "err", err)
-			}
-		case o.failing.Swap(false):
-			o.log.Info("cache invalidation sweep recovered")
-		}
-	}
-}
-
-// Close stops the sweeper and waits for a sweep in progress, then removes
-// the rows of invalidations that reached Redis. It is idempotent. Rows left
-// in the table are swept by any other instance.
+// Close stops the sweeper and waits for a sweep in progress, then marks
+// done the rows of invalidations that reached Redis. It is idempotent. Rows
+// left waiting in the table are swept by any other instance.
 func (o *Outbox) Close() error {
 	o.closeOnce.Do(func() { close(o.stop) })
 	o.wg.Wait()

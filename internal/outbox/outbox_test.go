@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,14 +20,19 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testsvc.Main(m)) }
 
-// invalidator records deleted keys and fails while down is set; while
-// disabled is set it is a cache in no-cache mode or closed.
+// invalidator records deleted keys and fails while down is set, and the
+// keys in fail always; while disabled is set it is a cache in no-cache
+// mode or closed. epoch is its TopologyEpoch; onDelete, when set, runs in
+// each DeleteFullEach call before it answers.
 type invalidator struct {
 	mu       sync.Mutex
 	down     bool
 	disabled bool
+	fail     map[string]bool
 	deleted  []string
 	calls    int
+	epoch    atomic.Uint64
+	onDelete func(keys []string)
 }
 
 func (f *invalidator) DeleteFull(_ context.Context, keys ...string) error {
@@ -39,6 +45,41 @@ func (f *invalidator) DeleteFull(_ context.Context, keys ...string) error {
 	f.deleted = append(f.deleted, keys...)
 	return nil
 }
+
+func (f *invalidator) DeleteFullEach(_ context.Context, keys []string) []error {
+	f.mu.Lock()
+	hook := f.onDelete
+	f.calls++
+	var errs []error
+	for i, k := range keys {
+		if f.down || f.disabled || f.fail[k] {
+			if errs == nil {
+				errs = make([]error, len(keys))
+			}
+			errs[i] = fmt.Errorf("%w: redis down for %s", cachelayer.ErrUnavailable, k)
+			continue
+		}
+		f.deleted = append(f.deleted, k)
+	}
+	f.mu.Unlock()
+	if hook != nil {
+		hook(keys)
+	}
+	return errs
+}
+
+func (f *invalidator) TopologyEpoch() uint64 { return f.epoch.Load() }
+
+func (f *invalidator) setFail(keys ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = make(map[string]bool)
+	for _, k := range keys {
+		f.fail[k] = true
+	}
+}
+
+func (f *invalidator) reset() { f.mu.Lock(); f.deleted, f.calls = nil, 0; f.mu.Unlock() }
 
 func (f *invalidator) FullKey(key string) string { return "test:" + key }
 
@@ -79,8 +120,10 @@ func setupWith(t *testing.T, batch int) (context.Context, *outbox.Outbox, *inval
 	inv := &invalidator{}
 	clk := &clock{now: time.Now()}
 	domain := fmt.Sprintf("test-%d", testsvc.NewID())
-	// The sweeper's own ticks are out of the way: tests call Sweep.
-	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, Now: clk.Now})
+	// The sweeper's own ticks are out of the way: tests call Sweep (or Step).
+	o := outbox.New(testsvc.Pool(t), inv, outbox.Config{
+		Domain: domain, Interval: time.Hour, Batch: batch, MaxAge: maxAge, EpochPoll: time.Hour, Now: clk.Now,
+	})
 	t.Cleanup(func() { require.NoError(t, o.Close()) })
 	return ctx, o, inv, domain, clk
 }
@@ -154,9 +197,12 @@ func TestCloseRemovesQueuedRows(t *testing.T) {
 		o.Invalidate(ctx, outbox.Invalidation{Key: key, ID: insert(ctx, t, domain, key, 0)})
 	}
 	require.NoError(t, o.Close())
-	var n int
-	require.NoError(t, testsvc.Pool(t).QueryRow(ctx, `SELECT count(*) FROM cache_outbox WHERE domain = $1`, domain).Scan(&n))
-	require.Zero(t, n, "Close flushes the removal queue")
+	var waiting, done int
+	require.NoError(t, testsvc.Pool(t).QueryRow(ctx,
+		`SELECT count(*) FILTER (WHERE done_at IS NULL), count(*) FILTER (WHERE done_at IS NOT NULL) FROM cache_outbox WHERE domain = $1`,
+		domain).Scan(&waiting, &done))
+	require.Zero(t, waiting, "Close flushes the queue of rows to mark done")
+	require.Equal(t, 20, done, "done rows are kept for re-deletes after a topology change")
 }
 
 func TestFailedInvalidationStaysPendingUntilSwept(t *testing.T) {

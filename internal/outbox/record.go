@@ -33,9 +33,9 @@ var unknownIDs atomic.Int64
 // write committed, but its id never arrived. The Invalidation has a
 // negative ID of its own in this process, which no row has, so
 // [Outbox.Invalidate] deletes the key and marks it pending as for a known
-// row; removing "its" row removes nothing (the committed row, if any, is
+// row; marking "its" row done marks nothing (the committed row, if any, is
 // the sweeper's), and a pending mark left by a failed delete clears at the
-// next sweep (no such row is present). On a nil *Outbox it returns the zero
+// next sweep (no such row waits). On a nil *Outbox it returns the zero
 // Invalidation.
 func (o *Outbox) Unrecorded(key string) Invalidation {
 	if o == nil {

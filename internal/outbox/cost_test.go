@@ -1,0 +1,150 @@
+package outbox_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/internal/outbox"
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
+)
+
+// tracedPool is a pool of its own whose every statement the tracer counts:
+// the outbox's own statements, when the writes go through another pool.
+func tracedPool(t *testing.T) (*pgxpool.Pool, *testsvc.QueryTracer) {
+	t.Helper()
+	tracer := &testsvc.QueryTracer{} // an empty Match counts every statement
+	return testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer }), tracer
+}
+
+// TestStatementsPerWrite: 1000 writes at a simulated 500 writes/s against
+// real Postgres and Redis. The writes' own statements (BEGIN, the INSERT,
+// COMMIT) go through another pool; the outbox's pool counts its own: one
+// UPDATE per flush (the marker's timer, 100 ms = 50 writes here, driven by
+// the test) and one statement for the sweep that follows New; the sweeper
+// then knows of no work and waits its idle interval. 21 statements for
+// 1000 writes: 0.021 per write, against a budget of 0.1 (and 1 DELETE per
+// write, or more, before the marking was batched by time).
+func TestStatementsPerWrite(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	pool, tracer := tracedPool(t)
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
+	t.Cleanup(func() { _ = cache.Close() })
+	clk := &clock{now: time.Now()}
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(pool, cache, outbox.Config{
+		Domain: domain, Interval: time.Second, IdleInterval: 10 * time.Second,
+		FlushInterval: time.Hour, EpochPoll: time.Hour, Now: clk.Now, // the test drives both
+	})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+
+	const writes, perSecond, flushEvery = 1000, 500, 50 // 50 writes = 100 ms
+	for i := 1; i <= writes; i++ {
+		o.Invalidate(ctx, write(ctx, t, testsvc.Pool(t), o, fmt.Sprintf("balance:%d", i)))
+		if i%flushEvery == 0 {
+			require.NoError(t, o.FlushDone(ctx))
+		}
+		if i%perSecond == 0 {
+			clk.Advance(time.Second)
+			o.Step(ctx)
+		}
+	}
+	got := tracer.Count()
+	require.Equal(t, int64(writes/flushEvery+1), got, "20 flushes and one sweep")
+	require.LessOrEqual(t, float64(got)/writes, 0.1)
+	t.Logf("outbox statements per write at %d writes/s: %d/%d = %.3f", perSecond, got, writes, float64(got)/writes)
+	st := mustStats(ctx, t, o)
+	require.Zero(t, st.Depth, "every row marked done")
+	require.Zero(t, st.Pending)
+}
+
+// TestStatementsPerWriteRealTimer: the same with the marker's own timer
+// (FlushInterval 100 ms) and 8 concurrent writers: at most one flush per
+// FlushInterval after its first queued row, so the outbox's statements are
+// bounded by the elapsed time, whatever the write rate.
+func TestStatementsPerWriteRealTimer(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	pool, tracer := tracedPool(t)
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
+	t.Cleanup(func() { _ = cache.Close() })
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	const flushInterval = 100 * time.Millisecond
+	o := outbox.New(pool, cache, outbox.Config{Domain: domain, FlushInterval: flushInterval, EpochPoll: time.Hour})
+
+	const writers, each = 8, 150
+	began := time.Now()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				o.Invalidate(ctx, write(ctx, t, testsvc.Pool(t), o, fmt.Sprintf("balance:%d:%d", w, i)))
+			}
+		})
+	}
+	wg.Wait()
+	require.NoError(t, o.Close()) // the last flush
+	elapsed := time.Since(began)
+	got := tracer.Count()
+	require.LessOrEqual(t, got, int64(elapsed/flushInterval)+1)
+	require.Zero(t, waitingRows(ctx, t, domain))
+	rate := float64(writers*each) / elapsed.Seconds()
+	t.Logf("%d writes in %v (%.0f/s): %d outbox statements, %.3f per write", writers*each, elapsed.Round(time.Millisecond), rate, got, float64(got)/(writers*each))
+}
+
+// TestIdleStatementsPerSecond: a quiet instance (nothing written, nothing
+// waiting) costs Postgres one statement per IdleInterval: the sweep after
+// New, then one every 10 s (not 3 every second, as a sweep per Interval
+// cost before). A row another instance leaves is found at the next idle
+// sweep; having found it, the sweeper looks again after Interval, then
+// goes back to idling.
+func TestIdleStatementsPerSecond(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pool, tracer := tracedPool(t)
+	inv := &invalidator{}
+	clk := &clock{now: time.Now()}
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(pool, inv, outbox.Config{
+		Domain: domain, Interval: time.Second, IdleInterval: 10 * time.Second, EpochPoll: time.Hour, Now: clk.Now,
+	})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+
+	const seconds = 300
+	for range seconds { // one step per simulated second (the real sweeper steps every 250 ms: no I/O unless due)
+		clk.Advance(time.Second)
+		o.Step(ctx)
+	}
+	got := tracer.Count()
+	require.Equal(t, int64(1+(seconds-1)/10), got, "the first sweep, then one per 10 s")
+	t.Logf("idle: %d statements in %d s = %.2f per second per domain", got, seconds, float64(got)/seconds)
+
+	insert(ctx, t, domain, "left-by-another-instance", time.Second) // older than the grace left to its writer
+	var sweptAfter int
+	for s := 1; s <= 10 && len(inv.keys()) == 0; s++ {
+		clk.Advance(time.Second)
+		o.Step(ctx)
+		sweptAfter = s
+	}
+	require.Equal(t, []string{"left-by-another-instance"}, inv.keys())
+	require.Equal(t, 1, sweptAfter, "the last idle sweep was at 291 s: the next is at 301 s")
+	before := tracer.Count()
+	clk.Advance(time.Second)
+	o.Step(ctx) // busy: it found a row last time
+	require.Equal(t, int64(1), tracer.Count()-before, "one look after Interval, nothing waits")
+	for range 9 {
+		clk.Advance(time.Second)
+		o.Step(ctx)
+	}
+	require.Equal(t, int64(1), tracer.Count()-before, "idle again")
+}

@@ -1,0 +1,71 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// run takes a step every EpochPoll until Close.
+func (o *Outbox) run() {
+	defer o.wg.Done()
+	t := time.NewTicker(o.cfg.EpochPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-o.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, 5*o.cfg.Interval))
+		o.step(ctx)
+		cancel()
+	}
+}
+
+// step is what the sweeper does at each tick: when the TopologyEpoch has
+// changed, a re-delete pass and a sweep at once (no I/O otherwise: the
+// epoch is an atomic load); else a sweep when one is due: Interval after
+// the last while there is work (this process has pending invalidations, or
+// the last sweep found rows, failed, or left re-deletes to retry),
+// IdleInterval after it otherwise. A quiet instance so costs Postgres one
+// statement per IdleInterval and domain.
+func (o *Outbox) step(ctx context.Context) {
+	o.sweepMu.Lock()
+	defer o.sweepMu.Unlock()
+	var err error
+	ran := false
+	if o.inv.Enabled() {
+		if epoch := o.inv.TopologyEpoch(); epoch != o.epoch || o.repass {
+			if o.repass {
+				o.repass, o.pass = false, nil // the whole pass again
+			}
+			err, ran = o.redeleteLocked(ctx, epoch), true
+		}
+	}
+	wait := o.cfg.IdleInterval
+	switch {
+	case ran && o.pass == nil:
+		// The epoch moved: Redis (or a shard) may be back from an outage
+		// during which any instance's invalidations failed, this one's or
+		// a dead writer's. Sweep now rather than at the idle interval.
+		wait = 0
+	case o.busy || o.AnyPending() || len(o.retry) > 0:
+		wait = o.cfg.Interval
+	}
+	if o.cfg.Now().Sub(o.lastSweep) >= wait {
+		err, ran = errors.Join(err, o.sweepLocked(ctx, o.claimGrace())), true
+	}
+	if !ran {
+		return
+	}
+	switch {
+	case err != nil:
+		o.failures.Add(1)
+		if !o.failing.Swap(true) {
+			o.log.Warn("cache invalidation sweep failing; rows kept for the next sweep", "err", err)
+		}
+	case o.failing.Swap(false):
+		o.log.Info("cache invalidation sweep recovered")
+	}
+}
