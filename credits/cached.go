@@ -17,7 +17,7 @@ const OutboxDomain = "credits"
 type CachedConfig struct {
 	TTL           time.Duration // how long a balance stays cached, cachelayer.TTLShort (60 s)
 	SweepInterval time.Duration // between outbox sweeps while the sweeper knows of work, 1 s
-	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 10 s: how late an idle instance finds rows another instance left
+	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 2 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
 }

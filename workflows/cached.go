@@ -33,7 +33,7 @@ type CachedConfig struct {
 	TTL           time.Duration // how long a definition stays cached, cachelayer.TTLMedium (300 s)
 	NegativeTTL   time.Duration // how long "not found" stays cached, 30 s
 	SweepInterval time.Duration // between outbox sweeps while the sweeper knows of work, 1 s
-	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 10 s: how late an idle instance finds rows another instance left
+	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 2 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
 }

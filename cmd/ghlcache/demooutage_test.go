@@ -82,7 +82,11 @@ func TestDemoRedisDiesAndStaysDown(t *testing.T) {
 			require.True(t, c.BreakerOpenAtEnd)
 			require.InDelta(t, float64(c.Cache.Hits)/float64(c.Reads), c.HitRatio, 1e-9)
 			require.InDelta(t, float64(c.Cache.Fallbacks)/float64(c.Reads), c.FallbackRatio, 1e-9)
-			require.Greater(t, c.FallbackRatio, 0.5, "Redis was gone for the whole phase")
+			// Redis was gone for the whole phase: no read was a hit. (How
+			// many were fallbacks depends on the writes: a read of a key
+			// whose invalidation is pending bypasses Redis without one.)
+			require.Zero(t, c.Cache.Hits, "Redis was gone for the whole phase")
+			require.Zero(t, c.HitRatio)
 			require.Zero(t, rep.Baseline.BreakerOpenings)
 		})
 	}

@@ -44,7 +44,7 @@
 // still pending, rows found or deletes failed in its last sweep, re-deletes
 // left to retry, its first sweep after New — at once when the
 // TopologyEpoch changes (Redis back from an outage closes the breaker), and
-// every IdleInterval (10 s) otherwise. So after an outage, rows any
+// every IdleInterval (2 s) otherwise. So after an outage, rows any
 // instance left (a dead writer's too) are swept within EpochPoll of the
 // return by every instance whose cache saw the outage; rows another
 // instance leaves while Redis is up (it died between commit and delete, or

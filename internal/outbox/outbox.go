@@ -51,7 +51,7 @@ type Invalidator interface {
 type Config struct {
 	Domain       string        // cache_outbox.domain this outbox writes and sweeps; required
 	Interval     time.Duration // between sweeps while there is work, 1 s
-	IdleInterval time.Duration // between sweeps while there is none, 10 s (at least Interval)
+	IdleInterval time.Duration // between sweeps while there is none, 2 s (at least Interval)
 	Batch        int           // rows claimed per transaction, and rows per page of re-deletes, 500
 	MaxAge       time.Duration // the domain TTL + 1 min: how long done rows are kept for re-deletes, and how long a waiting row stays after this process first saw it while its key cannot be deleted
 	Logger       *slog.Logger  // slog.Default()
@@ -123,7 +123,7 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 		panic("outbox: negative Config value")
 	}
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
-	cfg.IdleInterval = max(cmp.Or(cfg.IdleInterval, 10*time.Second), cfg.Interval)
+	cfg.IdleInterval = max(cmp.Or(cfg.IdleInterval, 2*time.Second), cfg.Interval)
 	cfg.Batch = cmp.Or(cfg.Batch, 500)
 	cfg.MaxAge = cmp.Or(cfg.MaxAge, 6*time.Minute)
 	cfg.FlushInterval = cmp.Or(cfg.FlushInterval, 100*time.Millisecond)
