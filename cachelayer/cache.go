@@ -299,8 +299,14 @@ func (c *Cache) Available() bool {
 	return c.rdb != nil && !c.closed.Load() && !c.allBreakersOpen()
 }
 
-// Stats returns the counters since New.
+// Stats returns the counters since New. On a Cluster with an open breaker
+// it also starts a topology check when the last is older than
+// TopologyInterval (on a goroutine of its own), so that the breaker of a
+// master that left the topology is dropped even while no call uses it.
 func (c *Cache) Stats() Stats {
+	if c.shards != nil && !c.noCache() && c.anyBreakerOpen() {
+		c.topo.maybeCheck()
+	}
 	return Stats{
 		Hits:                 c.st.hits.Load(),
 		Misses:               c.st.misses.Load(),

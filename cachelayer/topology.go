@@ -109,28 +109,19 @@ func (t *topology) check(ctx context.Context) {
 	}
 }
 
-// checkCluster compares the slot owners CLUSTER SLOTS reports with those of
-// the last check; a slot with a new master advances the epoch (and makes
-// go-redis reload its slot table, in case it has not seen the change). It
-// also resets the breakers of nodes that are no longer masters.
+// checkCluster compares the slot owners CLUSTER SLOTS reports (one round
+// trip, to a master go-redis picks) with those of the last check; a slot
+// with a new master advances the epoch (and makes go-redis reload its slot
+// table, in case it has not seen the change). It also resets and drops the
+// breakers of nodes that no longer own slots.
 func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 	s := t.c.shards
-	// The masters go-redis routes to now (no round trip once its slot
-	// table is loaded; the first call loads it).
-	masters := map[string]bool{}
-	var mu sync.Mutex
-	if err := cc.ForEachMaster(ctx, func(_ context.Context, m *redis.Client) error {
-		mu.Lock()
-		masters[m.Options().Addr] = true
-		mu.Unlock()
-		return nil
-	}); err == nil && len(masters) > 0 {
+	// MasterForKey loads go-redis's slot table if it has none yet (and
+	// costs nothing once it has): from then on each key uses its master's
+	// breaker. (ForEachMaster would reload the table on every check.)
+	if _, err := cc.MasterForKey(ctx, "ghlcache-topology-check"); err == nil {
 		t.c.markShardsReady()
-		if s.retain(masters) {
-			t.bump("a failing master left the topology")
-		}
 	}
-
 	slots, err := cc.ClusterSlots(ctx).Result()
 	if err != nil {
 		return
@@ -159,6 +150,13 @@ func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 		}
 	}
 	t.mu.Unlock()
+	masters := map[string]bool{}
+	for _, o := range owners {
+		masters[o.master] = true
+	}
+	if len(masters) > 0 && s.retain(masters) {
+		t.bump("a failing master left the topology")
+	}
 	if prev != nil && !sameOwners(prev, owners) {
 		s.reload()
 		t.bump("a slot has a new master")

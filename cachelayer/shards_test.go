@@ -1,0 +1,371 @@
+package cachelayer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
+)
+
+// keysByMaster returns n unprefixed keys per master of cc, by the master
+// go-redis routes each to.
+func keysByMaster(ctx context.Context, t testing.TB, cc *redis.ClusterClient, c *Cache, n int) map[string][]string {
+	t.Helper()
+	var masters atomic.Int64
+	require.NoError(t, cc.ForEachMaster(ctx, func(context.Context, *redis.Client) error { masters.Add(1); return nil }))
+	out := map[string][]string{}
+	full := 0
+	for i := 0; full < int(masters.Load()); i++ {
+		require.Less(t, i, 100000, "no keys for every master")
+		key := fmt.Sprintf("credits:%d:enrichment", i)
+		node, err := cc.MasterForKey(ctx, c.FullKey(key))
+		require.NoError(t, err)
+		addr := node.Options().Addr
+		if len(out[addr]) < n {
+			out[addr] = append(out[addr], key)
+			if len(out[addr]) == n {
+				full++
+			}
+		}
+	}
+	return out
+}
+
+// shardLoads counts loader calls per master.
+type shardLoads struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (s *shardLoads) add(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == nil {
+		s.n = map[string]int{}
+	}
+	s.n[addr]++
+}
+
+func (s *shardLoads) get(addr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n[addr]
+}
+
+// One dead master opens only its own breaker: reads, fills and deletes of
+// keys on the other masters keep hitting Redis; DeleteFullEach reports per
+// key; go-redis is made to reload its slot table after the failures, so the
+// failed shard's keys are hits again soon after its replica took over (the
+// client keeps go-redis's default 60 s periodic reload, which alone would be
+// far too late); and the topology epoch changes.
+func TestClusterMasterDeath(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a 6-node Redis Cluster")
+	}
+	ctx := ctxT(t, 50*time.Second)
+	cluster := testsvc.StartClusterReplicas(t, 3, 1)
+	cc := cluster.ClientWith(&redis.ClusterOptions{
+		ContextTimeoutEnabled: true,
+		DialTimeout:           200 * time.Millisecond,
+		MaxRedirects:          1,
+		// ClusterStateReloadInterval: go-redis's default, 60 s.
+	})
+	c := New(cc, &Config{Prefix: testsvc.Prefix(t), BreakerCooldown: 200 * time.Millisecond,
+		Logger: (&logBuffer{}).logger()})
+	t.Cleanup(func() { _ = c.Close() })
+	epoch0 := c.TopologyEpoch()
+
+	byMaster := keysByMaster(ctx, t, cc, c, 4)
+	require.Len(t, byMaster, 3)
+	dead := cluster.Addrs[0]
+	var loads shardLoads
+	master := map[string]string{} // key → master at the start
+	for addr, keys := range byMaster {
+		for _, k := range keys {
+			master[k] = addr
+		}
+	}
+	read := func(key string) error {
+		v, err := Fetch(ctx, c, key, time.Minute, func(context.Context) (row, error) {
+			loads.add(master[key])
+			return sampleRow(7), nil
+		})
+		if err == nil && v != sampleRow(7) {
+			err = fmt.Errorf("read %+v", v)
+		}
+		return err
+	}
+	for k := range master {
+		require.NoError(t, read(k))
+	}
+	for addr, keys := range byMaster {
+		require.Equal(t, len(keys), loads.get(addr), "one load per key to fill")
+	}
+
+	cluster.Server(dead).Kill()
+
+	// Read every key many times: only the dead master's keys go to the
+	// loader; the others are hits from Redis throughout.
+	hits0 := c.Stats().Hits
+	healthyReads := 0
+	for range 20 {
+		for k, addr := range master {
+			require.NoError(t, read(k), "reads never fail")
+			if addr != dead {
+				healthyReads++
+			}
+		}
+	}
+	for addr, keys := range byMaster {
+		if addr != dead {
+			assert.Equal(t, len(keys), loads.get(addr), "healthy master %s: no load after the kill", addr)
+		}
+	}
+	assert.Equal(t, int64(healthyReads), c.Stats().Hits-hits0, "every read of a healthy shard is a hit, and no other")
+	st := c.Stats()
+	assert.True(t, st.BreakerOpen)
+	assert.True(t, st.Available, "two masters of three are up")
+	assert.Equal(t, 1, st.ShardsOpen)
+	for _, sh := range c.Shards() {
+		assert.Equal(t, sh.Addr == dead, sh.BreakerOpen, "shard %s", sh.Addr)
+	}
+
+	// Deletes: per key, by shard.
+	var all []string
+	for k := range master {
+		all = append(all, c.FullKey(k))
+	}
+	errs := c.DeleteFullEach(ctx, all)
+	require.Len(t, errs, len(all))
+	for i, full := range all {
+		k := full[len(c.prefix):]
+		if master[k] == dead {
+			assert.ErrorIs(t, errs[i], ErrUnavailable, "key %s on the dead master", k)
+		} else {
+			assert.NoError(t, errs[i], "key %s on a healthy master", k)
+		}
+	}
+	err := c.DeleteFull(ctx, all...)
+	assert.ErrorIs(t, err, ErrUnavailable)
+	for k, addr := range master { // refill the healthy keys
+		if addr != dead {
+			require.NoError(t, read(k))
+		}
+	}
+
+	// The replica takes over by itself (node timeout 1 s); the cache's
+	// reloads find it well before go-redis's 60 s periodic reload would.
+	replicaAddr := ""
+	for _, r := range cluster.Replicas {
+		nodes, err := cluster.Nodes(r.Addr)
+		require.NoError(t, err)
+		for _, n := range nodes {
+			if n.Addr == dead {
+				for _, m := range nodes {
+					if m.MasterID == n.ID {
+						replicaAddr = m.Addr
+					}
+				}
+			}
+		}
+		if replicaAddr != "" {
+			break
+		}
+	}
+	require.NotEmpty(t, replicaAddr, "the dead master's replica")
+	cluster.WaitPromoted(replicaAddr, 20*time.Second)
+	var deadKeys []string
+	for k, addr := range master {
+		if addr == dead {
+			deadKeys = append(deadKeys, k)
+		}
+	}
+	waitFor(t, 20*time.Second, "hits on the failed shard's keys after the promotion", func() bool {
+		for _, k := range deadKeys {
+			if err := read(k); err != nil {
+				return false
+			}
+		}
+		before := loads.get(dead)
+		for _, k := range deadKeys {
+			_ = read(k)
+		}
+		return loads.get(dead) == before // every read a hit
+	})
+	node, err := cc.MasterForKey(ctx, c.FullKey(deadKeys[0]))
+	require.NoError(t, err)
+	assert.Equal(t, replicaAddr, node.Options().Addr)
+	waitFor(t, 10*time.Second, "a new topology epoch", func() bool { return c.TopologyEpoch() != epoch0 })
+	waitFor(t, 10*time.Second, "the dead master's breaker dropped", func() bool {
+		return !c.Stats().BreakerOpen
+	})
+	assert.Nil(t, c.DeleteFullEach(ctx, all), "every key deletable again")
+}
+
+// A delete that no replica confirmed is reported as not replicated (Redis
+// WAIT in the delete's own pipeline), on a standalone primary with a paused
+// replica; with InvalidateReplicas < 0 it is not waited for.
+func TestDeleteWaitsForReplica(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 30*time.Second)
+	primary := testsvc.StartRedis(t)
+	replica := testsvc.StartReplica(t, primary)
+	rdb := primary.Client()
+	var pipelines, commands atomic.Int64
+	rdb.AddHook(countHook{pipelines: &pipelines, commands: &commands})
+	c := cacheOn(t, rdb, &Config{InvalidateWaitTimeout: 50 * time.Millisecond})
+	noWait := cacheOn(t, rdb, &Config{InvalidateReplicas: -1})
+	waitFor(t, 5*time.Second, "the cache to learn the replica", func() bool { return c.topo.replicasOf("") == 1 })
+
+	keys := []string{c.FullKey("a"), c.FullKey("b"), c.FullKey("c")}
+	for _, k := range keys {
+		require.NoError(t, rdb.Set(ctx, k, "x", time.Minute).Err())
+	}
+	p0, c0 := pipelines.Load(), commands.Load()
+	require.Nil(t, c.DeleteFullEach(ctx, keys), "a healthy replica confirms")
+	assert.Equal(t, int64(1), pipelines.Load()-p0, "one round trip")
+	assert.Equal(t, int64(4), commands.Load()-c0, "three UNLINKs and a WAIT")
+
+	require.NoError(t, rdb.Set(ctx, keys[0], "x", time.Minute).Err())
+	replica.Pause()
+	errs := c.DeleteFullEach(ctx, keys[:1])
+	require.Len(t, errs, 1)
+	require.ErrorIs(t, errs[0], ErrNotReplicated)
+	assert.NotErrorIs(t, errs[0], ErrUnavailable)
+	assert.ErrorIs(t, c.DeleteFull(ctx, keys[0]), ErrNotReplicated)
+	assert.ErrorIs(t, c.Delete(ctx, "a"), ErrNotReplicated)
+	n, err := rdb.Exists(ctx, keys[0]).Result()
+	require.NoError(t, err)
+	assert.Zero(t, n, "deleted on the primary all the same")
+	st := c.Stats()
+	assert.Equal(t, int64(3), st.NotReplicated)
+	assert.False(t, st.BreakerOpen, "a slow replica says nothing about the primary")
+
+	assert.Nil(t, noWait.DeleteFullEach(ctx, keys[:1]), "InvalidateReplicas -1: no WAIT")
+
+	replica.Resume()
+	waitFor(t, 5*time.Second, "the replica to confirm again", func() bool { return c.DeleteFullEach(ctx, keys[:1]) == nil })
+}
+
+// A primary without replicas gets no WAIT: a delete is one UNLINK.
+func TestDeleteWithoutReplicasDoesNotWait(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 10*time.Second)
+	rdb := testsvc.StartRedis(t).Client()
+	var pipelines, commands atomic.Int64
+	rdb.AddHook(countHook{pipelines: &pipelines, commands: &commands})
+	c := cacheOn(t, rdb, nil)
+	waitFor(t, 5*time.Second, "the cache to learn it has no replicas", func() bool { return c.topo.replicasOf("") == 0 })
+	p0, c0 := pipelines.Load(), commands.Load()
+	require.NoError(t, c.Delete(ctx, "a", "b"))
+	assert.Equal(t, int64(1), pipelines.Load()-p0)
+	assert.Equal(t, int64(2), commands.Load()-c0, "two UNLINKs, no WAIT")
+}
+
+// The epoch of a standalone master changes when it restarts (new run_id)
+// and when the node the client talks to is promoted from replica to master
+// (new replication id), as after a Sentinel failover.
+func TestTopologyEpochStandalone(t *testing.T) {
+	t.Parallel()
+	primary := testsvc.StartRedis(t)
+	replica := testsvc.StartReplica(t, primary)
+
+	c := cacheOn(t, primary.Client(), &Config{TopologyInterval: 20 * time.Millisecond, Logger: (&logBuffer{}).logger()})
+	waitFor(t, 5*time.Second, "the first check", func() bool { return c.topo.replicasOf("") == 1 })
+	e0 := c.TopologyEpoch()
+	primary.Restart()
+	waitFor(t, 10*time.Second, "an epoch after the restart", func() bool { return c.TopologyEpoch() != e0 })
+	replica.WaitReplicating(10 * time.Second) // resynced: its replication id is stable again
+
+	// A client of the replica's address; the replica is promoted.
+	r := cacheOn(t, replica.Client(), &Config{TopologyInterval: 20 * time.Millisecond, Logger: (&logBuffer{}).logger()})
+	waitFor(t, 5*time.Second, "the first check", func() bool {
+		r.topo.mu.Lock()
+		defer r.topo.mu.Unlock()
+		return r.topo.replID != ""
+	})
+	e1 := r.TopologyEpoch()
+	replica.Promote()
+	waitFor(t, 10*time.Second, "an epoch after the promotion", func() bool { return r.TopologyEpoch() != e1 })
+}
+
+// Open builds a cluster client from a URL with addr parameters, with the
+// recommended slot-table reload interval.
+func TestOpenCluster(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a Redis Cluster")
+	}
+	cluster := testsvc.StartCluster(t, 3)
+	ctx := ctxT(t, 20*time.Second)
+	c, err := Open(ctx, cluster.URL(), &Config{Prefix: testsvc.Prefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	cc, ok := c.rdb.(*redis.ClusterClient)
+	require.True(t, ok, "a cluster client, not %T", c.rdb)
+	assert.Equal(t, RecommendedClusterStateReloadInterval, cc.Options().ClusterStateReloadInterval)
+	v, err := Fetch(ctx, c, "k", time.Minute, func(context.Context) (row, error) { return sampleRow(1), nil })
+	require.NoError(t, err)
+	assert.Equal(t, sampleRow(1), v)
+	require.NoError(t, c.Delete(ctx, "k"))
+	h := c.Health(ctx)
+	assert.True(t, h.Healthy, "%+v", h)
+	cluster.Servers[1].Kill()
+	h = c.Health(ctx)
+	assert.False(t, h.Healthy)
+	assert.Contains(t, h.Err, cluster.Addrs[1])
+}
+
+// A half-open probe whose outcome went to another breaker (the key's
+// master changed between allow and outcome) does not keep its breaker
+// half-open for good.
+func TestBreakerLostProbe(t *testing.T) {
+	t.Parallel()
+	b := &breaker{threshold: 1, cooldown: time.Millisecond, probeTTL: 20 * time.Millisecond, logger: (&logBuffer{}).logger()}
+	b.failure(errors.New("boom"))
+	require.True(t, b.isOpen())
+	waitFor(t, time.Second, "the cooldown", func() bool { return b.allow() }) // the probe, never reported
+	assert.False(t, b.allow(), "one probe at a time")
+	waitFor(t, time.Second, "another probe after probeTTL", func() bool { return b.allow() })
+	b.success()
+	assert.False(t, b.isOpen())
+}
+
+// countHook counts pipelines (round trips) and the commands in them, and
+// single commands as one of each (but not the connection set-up's HELLO
+// and CLIENT, nor the topology checks' INFO).
+type countHook struct{ pipelines, commands *atomic.Int64 }
+
+func (countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		switch cmd.Name() {
+		case "info", "hello", "client": // topology checks, connection set-up
+		default:
+			h.pipelines.Add(1)
+			h.commands.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		switch cmds[0].Name() {
+		case "hello", "client": // connection set-up
+			return next(ctx, cmds)
+		}
+		h.pipelines.Add(1)
+		h.commands.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
