@@ -292,7 +292,8 @@ func freeClusterPort(t testing.TB, taken map[int]bool) int {
 // started by [StartCluster] (masters only) or [StartClusterReplicas] and
 // killed when the test ends.
 type RedisCluster struct {
-	// Addrs are the masters' "127.0.0.1:port" addresses at the start.
+	// Addrs are the masters' "127.0.0.1:port" addresses at the start (as
+	// redis-cli chose them).
 	Addrs []string
 	// Servers are the master processes, in the order of Addrs; a test may
 	// Kill or Pause one to see a partial outage.
@@ -319,12 +320,16 @@ func StartCluster(t testing.TB, masters int) *RedisCluster {
 // each (cluster-node-timeout 1000 ms, so a replica takes over about 2-4 s
 // after its master dies), and waits until every node reports cluster_state:ok
 // and every replica's link to its master is up.
+//
+// Its nodes run with cluster-require-full-coverage no, as a cluster whose
+// shards should fail alone must: with Redis's default (yes) every master
+// answers CLUSTERDOWN for every key while one shard has no master.
 func StartClusterReplicas(t testing.TB, masters, replicas int) *RedisCluster {
 	t.Helper()
-	return startCluster(t, masters, replicas, "1000")
+	return startCluster(t, masters, replicas, "1000", "--cluster-require-full-coverage", "no")
 }
 
-func startCluster(t testing.TB, masters, replicas int, nodeTimeout string) *RedisCluster {
+func startCluster(t testing.TB, masters, replicas int, nodeTimeout string, extra ...string) *RedisCluster {
 	t.Helper()
 	if masters < 3 {
 		t.Fatalf("testsvc: StartCluster: a cluster needs at least 3 masters, not %d", masters)
@@ -334,11 +339,11 @@ func startCluster(t testing.TB, masters, replicas int, nodeTimeout string) *Redi
 	taken := map[int]bool{}
 	var all []string
 	for i := range masters * (1 + replicas) {
-		s := startRedisOnPort(t, freeClusterPort(t, taken),
+		s := startRedisOnPort(t, freeClusterPort(t, taken), append([]string{
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", nodeTimeout,
-		)
+		}, extra...)...)
 		all = append(all, s.Addr)
 		if i < masters {
 			c.Servers = append(c.Servers, s)
@@ -349,7 +354,6 @@ func startCluster(t testing.TB, masters, replicas int, nodeTimeout string) *Redi
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// redis-cli makes the first `masters` addresses the masters.
 	args := append([]string{"--cluster", "create"}, all...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
@@ -367,6 +371,31 @@ func startCluster(t testing.TB, masters, replicas int, nodeTimeout string) *Redi
 				t.Fatalf("testsvc: cluster node %s not ok: %v\n%s", addr, err, out)
 			}
 			time.Sleep(50 * time.Millisecond) // polling with a deadline
+		}
+	}
+	// redis-cli chooses the masters itself: sort the processes by role.
+	if replicas > 0 {
+		nodes, err := c.Nodes(all[0])
+		if err != nil {
+			t.Fatalf("testsvc: cluster nodes: %v", err)
+		}
+		procs := append(append([]*RedisServer{}, c.Servers...), c.Replicas...)
+		c.Servers, c.Addrs, c.Replicas = nil, nil, nil
+		for _, p := range procs {
+			for _, n := range nodes {
+				if n.Addr != p.Addr {
+					continue
+				}
+				if n.MasterID == "" {
+					c.Servers = append(c.Servers, p)
+					c.Addrs = append(c.Addrs, p.Addr)
+				} else {
+					c.Replicas = append(c.Replicas, p)
+				}
+			}
+		}
+		if len(c.Servers) != masters || len(c.Replicas) != masters*replicas {
+			t.Fatalf("testsvc: cluster has %d masters and %d replicas, want %d and %d", len(c.Servers), len(c.Replicas), masters, masters*replicas)
 		}
 	}
 	for _, r := range c.Replicas {
