@@ -369,3 +369,56 @@ func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 		return next(ctx, cmds)
 	}
 }
+
+// The lost delete of issue 10, made visible: the master acknowledges an
+// UNLINK its paused replica never receives, the master dies and the replica
+// takes over with the old value. The delete reports ErrNotReplicated (so an
+// outbox keeps its record), the topology epoch changes, and deleting again
+// removes the old value from the new master.
+func TestAckedDeleteLostInFailover(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a 6-node Redis Cluster")
+	}
+	ctx := ctxT(t, 50*time.Second)
+	cluster := testsvc.StartClusterReplicas(t, 3, 1)
+	cc := cluster.ClientWith(&redis.ClusterOptions{ContextTimeoutEnabled: true, DialTimeout: 200 * time.Millisecond,
+		ClusterStateReloadInterval: RecommendedClusterStateReloadInterval})
+	c := New(cc, &Config{Prefix: testsvc.Prefix(t), BreakerCooldown: 100 * time.Millisecond, Logger: (&logBuffer{}).logger()})
+	t.Cleanup(func() { _ = c.Close() })
+
+	key := keysByMaster(ctx, t, cc, c, 1)[cluster.Addrs[0]][0]
+	full := c.FullKey(key)
+	master := cluster.Servers[0]
+	replica := cluster.ReplicaOf(master.Addr)
+	require.NoError(t, c.Set(ctx, key, sampleRow(1), time.Minute))
+	master.WaitReplicasOnline(1, 10*time.Second) // the replica holds the value
+	waitFor(t, 5*time.Second, "the cache to learn the replica", func() bool { return c.topo.replicasOf(master.Addr) == 1 })
+	epoch0 := c.TopologyEpoch()
+
+	// Cut the replica off: paused, and its link closed by the master, so
+	// that the UNLINK does not wait in a socket buffer for the replica to
+	// read it when it resumes (a lagging replica, or a partition).
+	replica.Pause()
+	require.NoError(t, master.Client().Do(ctx, "CLIENT", "KILL", "TYPE", "replica").Err())
+	errs := c.DeleteFullEach(ctx, []string{full})
+	require.Len(t, errs, 1)
+	require.ErrorIs(t, errs[0], ErrNotReplicated, "the master deleted it, no replica confirmed")
+	master.Kill()
+	replica.Resume()
+	cluster.Promote(replica, 20*time.Second)
+
+	// The acknowledged delete is lost: the new master holds the old value.
+	direct := replica.Client()
+	n, err := direct.Exists(ctx, full).Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n, "the promoted replica still holds the deleted key")
+
+	waitFor(t, 15*time.Second, "a new topology epoch", func() bool { return c.TopologyEpoch() != epoch0 })
+	waitFor(t, 15*time.Second, "the delete repeated on the new master", func() bool {
+		return c.DeleteFullEach(ctx, []string{full}) == nil
+	})
+	n, err = direct.Exists(ctx, full).Result()
+	require.NoError(t, err)
+	assert.Zero(t, n, "gone from the new master")
+}

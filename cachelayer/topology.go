@@ -109,7 +109,7 @@ func (t *topology) check(ctx context.Context) {
 	}
 }
 
-// checkCluster compares the slot owners CLUSTER SLOTS reports (one round
+// checkCluster compares the slot owners CLUSTER NODES reports (one round
 // trip, to a master go-redis picks) with those of the last check; a slot
 // with a new master advances the epoch (and makes go-redis reload its slot
 // table, in case it has not seen the change). It also resets and drops the
@@ -122,22 +122,14 @@ func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 	if _, err := cc.MasterForKey(ctx, "ghlcache-topology-check"); err == nil {
 		t.c.markShardsReady()
 	}
-	slots, err := cc.ClusterSlots(ctx).Result()
+	text, err := cc.ClusterNodes(ctx).Result()
 	if err != nil {
 		return
 	}
-	owners := make([]slotOwner, 0, len(slots))
-	replicas := map[string]int{}
-	for _, sl := range slots {
-		if len(sl.Nodes) == 0 {
-			continue
-		}
-		m := sl.Nodes[0].Addr
-		owners = append(owners, slotOwner{start: sl.Start, end: sl.End, master: m})
-		replicas[m] = max(replicas[m], len(sl.Nodes)-1)
+	owners, replicas := parseClusterNodes(text)
+	if len(owners) == 0 {
+		return
 	}
-	sort.Slice(owners, func(i, j int) bool { return owners[i].start < owners[j].start })
-
 	t.mu.Lock()
 	prev := t.slots
 	t.slots = owners
@@ -161,6 +153,79 @@ func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 		s.reload()
 		t.bump("a slot has a new master")
 	}
+}
+
+// parseClusterNodes reads CLUSTER NODES: the slot ranges of each master
+// (failed or not: a slot changes owner only when a replica took it over),
+// sorted, and each master's replicas that the cluster has not marked failed.
+// (CLUSTER SLOTS would be simpler, but Redis 7.0 can leave replicas out of
+// it long after they joined.)
+func parseClusterNodes(text string) ([]slotOwner, map[string]int) {
+	type node struct {
+		addr, master string
+		isMaster     bool
+		ok           bool
+		slots        []string
+	}
+	byID := map[string]*node{}
+	var nodes []*node
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		addr, _, _ = strings.Cut(addr, ",")
+		n := &node{addr: addr, ok: true, slots: f[8:]}
+		for _, flag := range strings.Split(f[2], ",") {
+			switch flag {
+			case "master":
+				n.isMaster = true
+			case "fail", "noaddr", "handshake":
+				// Gone for the cluster. A replica only suspected to be
+				// ("fail?") still counts: it may come back and be promoted,
+				// so deletes wait for it (and report it when it does not answer).
+				n.ok = false
+			}
+		}
+		if f[3] != "-" {
+			n.master = f[3]
+		}
+		byID[f[0]] = n
+		nodes = append(nodes, n)
+	}
+	var owners []slotOwner
+	replicas := map[string]int{}
+	for _, n := range nodes {
+		if n.isMaster {
+			if len(n.slots) > 0 {
+				replicas[n.addr] += 0
+			}
+			for _, r := range n.slots {
+				if strings.HasPrefix(r, "[") {
+					continue // a slot being migrated or imported
+				}
+				lo, hi, found := strings.Cut(r, "-")
+				a, err := strconv.Atoi(lo)
+				if err != nil {
+					continue
+				}
+				b := a
+				if found {
+					if b, err = strconv.Atoi(hi); err != nil {
+						continue
+					}
+				}
+				owners = append(owners, slotOwner{start: a, end: b, master: n.addr})
+			}
+			continue
+		}
+		if m := byID[n.master]; m != nil && n.ok {
+			replicas[m.addr]++
+		}
+	}
+	sort.Slice(owners, func(i, j int) bool { return owners[i].start < owners[j].start })
+	return owners, replicas
 }
 
 // sameOwners reports whether every slot has the same master in a and b.
