@@ -171,7 +171,8 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 			c.log.Warn("cachelayer: cluster client reloads its slot table rarely; a promoted replica may go unused for that long",
 				"cluster_state_reload_interval", r.Options().ClusterStateReloadInterval, "recommended", RecommendedClusterStateReloadInterval)
 		}
-	case *redis.Client:
+	case nil:
+	default: // a standalone or Sentinel-managed master, or a Ring (whose epoch counts breaker recoveries only)
 		c.topo = newTopology(c, conf.TopologyInterval)
 	}
 	if c.topo != nil {
