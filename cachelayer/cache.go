@@ -425,12 +425,6 @@ func (c *Cache) enter() bool {
 	return true
 }
 
-// useRedis reports whether a call may go to Redis now, counting a refusal
-// by the breaker. It does not count no-cache mode or a closed cache.
-func (c *Cache) useRedis() bool {
-	return c.rdb != nil && !c.closed.Load() && c.br.allow()
-}
-
 // outcome classifies err, the result of a Redis call made for a caller
 // whose context is ctx, and feeds the breaker. It returns nil or redis.Nil
 // unchanged; an error reply of Redis that says nothing about its health

@@ -150,7 +150,8 @@ func (c *Cache) breakerFor(full string) *breaker {
 	return c.br
 }
 
-// useRedisFor is useRedis for a call of the full key.
+// useRedisFor reports whether a call of the full key may go to Redis now:
+// Redis configured, the cache not closed, and the key's breaker allowing it.
 func (c *Cache) useRedisFor(full string) bool {
 	return c.rdb != nil && !c.closed.Load() && c.breakerFor(full).allow()
 }
@@ -166,10 +167,7 @@ func (c *Cache) outcomeFor(ctx context.Context, full string, err error) error {
 func (c *Cache) anyBreakerOpen() bool {
 	if c.shards != nil && c.shards.ready.Load() {
 		_, open := c.shards.state()
-		if open > 0 {
-			return true
-		}
-		return false
+		return open > 0
 	}
 	return c.br.isOpen()
 }

@@ -639,7 +639,7 @@ func (s *RedisServer) Promote() {
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := rdb.SlaveOf(ctx, "NO", "ONE").Err(); err != nil {
+	if err := rdb.ReplicaOf(ctx, "NO", "ONE").Err(); err != nil {
 		s.t.Fatalf("testsvc: REPLICAOF NO ONE on %s: %v", s.Addr, err)
 	}
 }
