@@ -115,23 +115,18 @@ func (c *Cache) deleteEach(ctx context.Context, keys []string) []error {
 		}
 		wg.Wait()
 	}
-	failed := false
+	var some, unreached bool
 	for _, err := range errs {
-		if err != nil {
-			if !errors.Is(err, ErrNotReplicated) {
-				failed = true
-			}
-		}
+		some = some || err != nil
+		unreached = unreached || err != nil && !errors.Is(err, ErrNotReplicated)
 	}
-	if failed {
+	if unreached {
 		c.st.invalidationFailures.Add(1)
 	}
-	for _, err := range errs {
-		if err != nil {
-			return errs
-		}
+	if !some {
+		return nil
 	}
-	return nil
+	return errs
 }
 
 // groupByMaster groups keys by the master that holds them: one group on a

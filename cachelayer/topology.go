@@ -198,8 +198,8 @@ func parseClusterNodes(text string) ([]slotOwner, map[string]int) {
 	replicas := map[string]int{}
 	for _, n := range nodes {
 		if n.isMaster {
-			if len(n.slots) > 0 {
-				replicas[n.addr] += 0
+			if _, ok := replicas[n.addr]; !ok && len(n.slots) > 0 {
+				replicas[n.addr] = 0 // known to have none, unless a replica line follows
 			}
 			for _, r := range n.slots {
 				if strings.HasPrefix(r, "[") {

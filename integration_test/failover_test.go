@@ -293,3 +293,71 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 	}
 	require.Zero(t, stale, "0 stale keys 3 s after the load stopped")
 }
+
+// TestClusterFailoverLostDeleteRepaired: an invalidation the master
+// acknowledged without a replica's confirmation (InvalidateReplicas < 0:
+// no WAIT) is lost when the master dies and its cut-off replica takes over
+// with the old value; the topology epoch changes, and the outbox sweeper
+// deletes the keys of recent invalidations again, so the stale value is
+// gone within seconds rather than at its TTL.
+//
+// It needs the outbox to re-delete recent invalidations when
+// Cache.TopologyEpoch changes (the sweeper's half of issue 10, on another
+// branch); until that is merged it is skipped.
+func TestClusterFailoverLostDeleteRepaired(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 6-node Redis Cluster")
+	}
+	t.Skip("needs the outbox's re-delete on a TopologyEpoch change (issue 10, sweeper half); remove this skip once merged")
+	ctx := testContext(t, 60*time.Second)
+	cluster := testsvc.StartClusterReplicas(t, 3, 1)
+	var hitsA, hitsB nodeHits
+	prefix := "lostdelete:"
+	cfg := &cachelayer.Config{BreakerCooldown: 100 * time.Millisecond, InvalidateReplicas: -1}
+	a := newInstance(t, prefix, failoverClient(t, cluster, &hitsA), cfg)
+	b := newInstance(t, prefix, failoverClient(t, cluster, &hitsB), cfg)
+	admin := cluster.Client()
+
+	master := cluster.Servers[0]
+	replica := cluster.ReplicaOf(master.Addr)
+	var u int64
+	for {
+		u = testsvc.NewID()
+		node, err := admin.MasterForKey(ctx, a.cache.FullKey(credits.Key(u, "enrichment")))
+		require.NoError(t, err)
+		if node.Options().Addr == master.Addr {
+			break
+		}
+	}
+	_, err := a.credits.Add(ctx, credits.Change{UserID: u, Type: "enrichment", Amount: 100})
+	require.NoError(t, err)
+	old, err := b.credits.Balance(ctx, u, "enrichment") // cached in Redis
+	require.NoError(t, err)
+	master.WaitReplicasOnline(1, 10*time.Second) // the replica holds the cached value
+
+	// Cut the replica off, write: the master acknowledges the UNLINK alone.
+	replica.Pause()
+	require.NoError(t, master.Client().Do(ctx, "CLIENT", "KILL", "TYPE", "replica").Err())
+	now, err := a.credits.Deduct(ctx, credits.Change{UserID: u, Type: "enrichment", Amount: 1})
+	require.NoError(t, err)
+	require.Greater(t, now.Version, old.Version)
+	require.Eventually(t, func() bool {
+		st, err := a.credits.OutboxStats(ctx)
+		return err == nil && st.Depth == 0
+	}, 5*time.Second, 10*time.Millisecond, "the invalidation was acknowledged and its row removed")
+
+	epochA, epochB := a.cache.TopologyEpoch(), b.cache.TopologyEpoch()
+	master.Kill()
+	replica.Resume()
+	cluster.Promote(replica, 20*time.Second)
+	n, err := replica.Client().Exists(ctx, a.cache.FullKey(credits.Key(u, "enrichment"))).Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n, "the promoted replica holds the old value: the acknowledged delete was lost")
+	require.Eventually(t, func() bool {
+		return a.cache.TopologyEpoch() != epochA && b.cache.TopologyEpoch() != epochB
+	}, 15*time.Second, 10*time.Millisecond, "both instances see a new topology epoch")
+	require.Eventually(t, func() bool {
+		bal, err := b.credits.Balance(ctx, u, "enrichment")
+		return err == nil && bal.Version == now.Version
+	}, 5*time.Second, 10*time.Millisecond, "the lost delete is repeated after the epoch changed")
+}
