@@ -170,14 +170,18 @@ func (c *Cache) groupByMaster(ctx context.Context, keys []string) ([]*deleteGrou
 // no topology check has seen it yet.
 func (c *Cache) waitFor(ctx context.Context, g *deleteGroup) int {
 	want := c.cfg.InvalidateReplicas
-	if want < 0 || g.node == nil || c.topo == nil {
+	if want < 0 || g.node == nil || c.topo == nil || c.topo.waitDenied.Load() {
 		return 0
 	}
 	n := c.topo.replicasOf(g.addr)
 	if n < 0 {
 		var err error
 		if n, err = c.topo.learnReplicas(ctx, g.addr, g.node); err != nil {
-			return 0 // the UNLINKs will fail as well, or tell
+			// Unknown until the next topology check (an ACL without
+			// +info, or the UNLINKs will fail as well): no WAIT, and no
+			// INFO before every delete meanwhile.
+			c.topo.assumeReplicas(g.addr, 0)
+			return 0
 		}
 	}
 	if n == 0 {
@@ -236,10 +240,19 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteG
 			}
 		}
 	}
+	waitDenied := false
 	if health == nil && waited != nil {
 		if e := waited.Err(); e != nil {
 			var reply redis.Error
-			if !errors.As(e, &reply) || unhealthyReply(e) {
+			switch {
+			case redis.HasErrorPrefix(e, "NOPERM") || redis.HasErrorPrefix(e, "ERR unknown command"):
+				// The ACL (or a proxy) refuses WAIT: say so once and delete
+				// without it, rather than report every key not replicated.
+				waitDenied = true
+				if c.topo.waitDenied.CompareAndSwap(false, true) {
+					c.log.Warn("cachelayer: redis refuses WAIT; deletes are no longer confirmed by a replica (allow +wait, or set InvalidateReplicas < 0)", "err", e)
+				}
+			case !errors.As(e, &reply) || unhealthyReply(e):
 				health = e
 			}
 		}
@@ -257,7 +270,7 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteG
 	if moved && c.shards != nil {
 		c.shards.reload()
 	}
-	confirmed := waited == nil || waited.Err() == nil && waited.Val() >= int64(wait)
+	confirmed := waited == nil || waitDenied || waited.Err() == nil && waited.Val() >= int64(wait)
 	var done int64
 	for j, i := range g.idx {
 		if e := unlinks[j].Err(); e != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -425,4 +426,61 @@ func TestAckedDeleteLostInFailover(t *testing.T) {
 	n, err = direct.Exists(ctx, full).Result()
 	require.NoError(t, err)
 	assert.Zero(t, n, "gone from the new master")
+}
+
+// A Redis whose ACL refuses WAIT gets deletes without it (logged once),
+// not every key reported unreplicated; one that refuses INFO gets no INFO
+// before every delete (and no WAIT, its replicas being unknown).
+func TestDeleteWhereACLRefusesWaitOrInfo(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 20*time.Second)
+	primary := testsvc.StartRedis(t)
+	testsvc.StartReplica(t, primary)
+	admin := primary.Client()
+	for _, user := range []string{"nowait", "noinfo"} {
+		t.Run(user, func(t *testing.T) {
+			require.NoError(t, admin.Do(ctx, "ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "-"+user[2:]).Err())
+			rdb := redis.NewClient(&redis.Options{Addr: primary.Addr, Username: user, Password: "pw", ContextTimeoutEnabled: true})
+			t.Cleanup(func() { _ = rdb.Close() })
+			var infos atomic.Int64
+			rdb.AddHook(nameHook{name: "info", n: &infos})
+			var logs logBuffer
+			c := cacheOn(t, rdb, &Config{Logger: logs.logger()})
+			for i := range 3 {
+				key := fmt.Sprintf("k%d", i)
+				require.NoError(t, admin.Set(ctx, c.FullKey(key), "x", time.Minute).Err())
+				require.NoError(t, c.Delete(ctx, key), "delete %d", i)
+				n, err := admin.Exists(ctx, c.FullKey(key)).Result()
+				require.NoError(t, err)
+				assert.Zero(t, n)
+			}
+			st := c.Stats()
+			assert.Zero(t, st.NotReplicated)
+			assert.False(t, st.BreakerOpen)
+			if user == "nowait" {
+				assert.Equal(t, 1, strings.Count(logs.String(), "refuses WAIT"), logs.String())
+			} else {
+				assert.LessOrEqual(t, infos.Load(), int64(2), "the check at New, perhaps one delete's: not one per delete")
+			}
+		})
+	}
+}
+
+// nameHook counts the commands called name.
+type nameHook struct {
+	name string
+	n    *atomic.Int64
+}
+
+func (nameHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h nameHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == h.name {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (nameHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }

@@ -28,10 +28,11 @@ type topology struct {
 	c        *Cache
 	interval time.Duration
 
-	epoch     atomic.Uint64
-	checking  atomic.Bool  // a check is running
-	lastCheck atomic.Int64 // unix nanos when the last check started
-	lastForce atomic.Int64 // unix nanos of the last forced check
+	epoch      atomic.Uint64
+	waitDenied atomic.Bool  // Redis refused WAIT (ACL): deletes go without it
+	checking   atomic.Bool  // a check is running
+	lastCheck  atomic.Int64 // unix nanos when the last check started
+	lastForce  atomic.Int64 // unix nanos of the last forced check
 
 	mu       sync.Mutex     // guards the fields below
 	replicas map[string]int // master address ("" for a standalone master) → replicas at the last check
@@ -328,6 +329,14 @@ func (t *topology) learnReplicas(ctx context.Context, addr string, node *redis.C
 	t.replicas[addr] = info.replicas
 	t.mu.Unlock()
 	return info.replicas, nil
+}
+
+// assumeReplicas records n replicas for the master at addr until the next
+// check says otherwise.
+func (t *topology) assumeReplicas(addr string, n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.replicas[addr] = n
 }
 
 // markShardsReady notes that go-redis's slot table is loaded, from when on
