@@ -83,3 +83,22 @@ func processCPU() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkFetchHitCluster is a Fetch hit on a 3-master cluster, to set the
+// per-key breaker routing (two BreakerFor per hit) against a whole hit.
+func BenchmarkFetchHitCluster(b *testing.B) {
+	cluster := testsvc.StartCluster(b, 3)
+	c := cacheOn(b, cluster.Client(), &Config{OpTimeout: time.Second})
+	waitFor(b, 5*time.Second, "the slot table", func() bool { return c.shards.ready.Load() })
+	load := func(context.Context) (row, error) { return sampleRow(1), nil }
+	ctx := context.Background()
+	if _, err := Fetch(ctx, c, "bench", time.Hour, load); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Fetch(ctx, c, "bench", time.Hour, load); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
