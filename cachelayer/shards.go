@@ -3,6 +3,7 @@ package cachelayer
 import (
 	"context"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +35,20 @@ type shards struct {
 	byAddr sync.Map   // master "host:port" → *breaker; read without mu on the hot path
 
 	lastReload atomic.Int64 // unix nanos of the last ReloadState this cache asked for
+
+	// bySlot memoises MasterForKey per slot (a CRC16 and one atomic load
+	// instead of go-redis's lookup, ~25 ns against ~120 ns, twice per hit).
+	// It is cleared whenever the topology may have changed: a reload asked
+	// for, each topology check, a breaker dropped. An entry that is stale
+	// meanwhile (go-redis followed a MOVED by itself) only attributes
+	// outcomes to the slot's previous master; a half-open probe of that
+	// master's breaker then succeeds through the new one, and the next
+	// check clears the entry.
+	bySlot [slotCount]atomic.Pointer[breaker]
 }
+
+// slotCount is the number of Redis Cluster hash slots.
+const slotCount = 16384
 
 // reloadEvery is the least time between two topology reloads the cache asks
 // go-redis for after failures.
@@ -46,11 +60,24 @@ func (s *shards) forKey(full string) *breaker {
 	if !s.ready.Load() {
 		return nil
 	}
+	slot := keySlot(full)
+	if b := s.bySlot[slot].Load(); b != nil {
+		return b
+	}
 	node, err := s.cc.MasterForKey(context.Background(), full)
 	if err != nil {
 		return nil
 	}
-	return s.forAddr(node.Options().Addr)
+	b := s.forAddr(node.Options().Addr)
+	s.bySlot[slot].Store(b)
+	return b
+}
+
+// forget clears the per-slot memo of MasterForKey.
+func (s *shards) forget() {
+	for i := range s.bySlot {
+		s.bySlot[i].Store(nil)
+	}
 }
 
 // forAddr returns the breaker of the master at addr, creating it.
@@ -79,6 +106,7 @@ func (s *shards) reload() bool {
 		return false
 	}
 	s.cc.ReloadState(context.Background()) // asynchronous (go-redis LazyReload)
+	s.forget()
 	return true
 }
 
@@ -98,6 +126,7 @@ func (s *shards) retain(masters map[string]bool) (wasOpen bool) {
 		}
 		return true
 	})
+	s.forget() // each check: go-redis may have reloaded its table by itself
 	return wasOpen
 }
 
@@ -183,3 +212,35 @@ func (c *Cache) allBreakersOpen() bool {
 	}
 	return c.br.isOpen()
 }
+
+// keySlot is the Redis Cluster hash slot of key: CRC16 (XMODEM) of the key,
+// or of its hash tag (the text between the first "{" and the next "}", when
+// not empty), modulo 16384 — as Redis and go-redis compute it.
+func keySlot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for k := 0; k < len(key); k++ {
+		crc = crc<<8 ^ crc16Table[byte(crc>>8)^key[k]]
+	}
+	return int(crc) & (slotCount - 1)
+}
+
+// crc16Table is the table of CRC16-XMODEM (polynomial 0x1021).
+var crc16Table = func() (t [256]uint16) {
+	for i := range t {
+		c := uint16(i) << 8
+		for range 8 {
+			if c&0x8000 != 0 {
+				c = c<<1 ^ 0x1021
+			} else {
+				c <<= 1
+			}
+		}
+		t[i] = c
+	}
+	return t
+}()

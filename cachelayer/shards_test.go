@@ -323,6 +323,25 @@ func TestOpenCluster(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, sampleRow(1), v)
 	require.NoError(t, c.Delete(ctx, "k"))
+
+	// The cache's own slot hash agrees with the server's, tags included.
+	pipe := cc.Pipeline()
+	var keys []string
+	var cmds []*redis.IntCmd
+	for i := range 2000 {
+		k := fmt.Sprintf("ghl:credits:%d:enrichment", i)
+		if i%10 == 0 {
+			k = fmt.Sprintf("x{user%d}y{z}", i)
+		}
+		keys = append(keys, k)
+		cmds = append(cmds, pipe.ClusterKeySlot(ctx, k))
+	}
+	_, err = pipe.Exec(ctx)
+	require.NoError(t, err)
+	for i, k := range keys {
+		require.Equal(t, int(cmds[i].Val()), keySlot(k), "slot of %q", k)
+	}
+
 	h := c.Health(ctx)
 	assert.True(t, h.Healthy, "%+v", h)
 	cluster.Servers[1].Kill()

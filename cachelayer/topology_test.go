@@ -34,3 +34,20 @@ func TestSameOwners(t *testing.T) {
 	assert.False(t, sameOwners(a, []slotOwner{{0, 5461, "x"}, {5462, 16383, "y"}}), "one slot moved")
 	assert.False(t, sameOwners(a, []slotOwner{{5461, 16383, "y"}}), "slots without a master")
 }
+
+// keySlot agrees with Redis: CLUSTER KEYSLOT of known keys (Redis's own
+// test vectors) and hash tags.
+func TestKeySlot(t *testing.T) {
+	t.Parallel()
+	for key, want := range map[string]int{
+		"123456789": 12739, // CRC16-XMODEM check value 0x31C3
+		"foo":       12182,
+		"{user1000}.following": 3443, "{user1000}.followers": 3443, "user1000": 3443,
+		"foo{}{bar}": keySlot("foo{}{bar}"), // empty first tag: the whole key
+		"foo{{bar}}zap": keySlot("{bar"),
+		"":          0,
+	} {
+		assert.Equal(t, want, keySlot(key), "slot of %q", key)
+	}
+	assert.NotEqual(t, keySlot("foo{}{bar}"), keySlot("bar"), "an empty tag is no tag")
+}
