@@ -40,12 +40,12 @@ func TestSameOwners(t *testing.T) {
 func TestKeySlot(t *testing.T) {
 	t.Parallel()
 	for key, want := range map[string]int{
-		"123456789": 12739, // CRC16-XMODEM check value 0x31C3
-		"foo":       12182,
+		"123456789":            12739, // CRC16-XMODEM check value 0x31C3
+		"foo":                  12182,
 		"{user1000}.following": 3443, "{user1000}.followers": 3443, "user1000": 3443,
-		"foo{}{bar}": keySlot("foo{}{bar}"), // empty first tag: the whole key
+		"foo{}{bar}":    keySlot("foo{}{bar}"), // empty first tag: the whole key
 		"foo{{bar}}zap": keySlot("{bar"),
-		"":          0,
+		"":              0,
 	} {
 		assert.Equal(t, want, keySlot(key), "slot of %q", key)
 	}
