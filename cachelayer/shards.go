@@ -16,9 +16,9 @@ import (
 // invalidations of keys on the other masters keep going to Redis.
 //
 // A key's breaker is the one of the master go-redis would send the key's
-// commands to now (ClusterClient.MasterForKey: a CRC16 of the key and a
-// lookup in the client's slot table, no round trip), so the breaker that
-// refuses or admits a call is the one of the node that would serve it.
+// commands to (ClusterClient.MasterForKey, memoised per slot; no round
+// trip), so the breaker that refuses or admits a call is the one of the
+// node that would serve it.
 // Breakers are kept by master address; a master that leaves the topology
 // (its slots moved to a promoted replica) has its breaker reset by the next
 // topology check.

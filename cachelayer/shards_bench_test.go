@@ -15,9 +15,10 @@ import (
 //
 //	go test -run '^$' -bench 'BreakerFor|DeleteWait' -benchmem ./cachelayer
 //
-// BreakerFor/cluster is ClusterClient.MasterForKey (CRC16, go-redis's slot
-// table) plus a sync.Map lookup; BreakerFor/standalone the field read it
-// replaces. No round trip either way.
+// BreakerFor/cluster is the key's CRC16 slot and the per-slot memo of its
+// master's breaker (ClusterClient.MasterForKey on a memo miss);
+// BreakerFor/standalone the field read it replaces. No round trip either
+// way.
 func BenchmarkBreakerFor(b *testing.B) {
 	keys := make([]string, 1024)
 	for i := range keys {
