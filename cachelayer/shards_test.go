@@ -503,3 +503,29 @@ func (h nameHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (nameHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+// Behind Sentinel (a FailoverClient), a failover to the replica changes the
+// topology epoch, and deletes on the new master succeed again (confirmed by
+// the old master, now its replica).
+func TestTopologyEpochSentinelFailover(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 40*time.Second)
+	primary := testsvc.StartRedis(t)
+	testsvc.StartReplica(t, primary)
+	sentinel := testsvc.StartSentinel(t, primary, 1)
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName: sentinel.MasterName, SentinelAddrs: []string{sentinel.Addr},
+		ContextTimeoutEnabled: true, DialTimeout: 250 * time.Millisecond,
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	c := cacheOn(t, rdb, &Config{TopologyInterval: 50 * time.Millisecond, BreakerCooldown: 100 * time.Millisecond,
+		Logger: (&logBuffer{}).logger()})
+	waitFor(t, 5*time.Second, "the first check", func() bool { return c.topo.replicasOf("") == 1 })
+	e0 := c.TopologyEpoch()
+	require.NoError(t, c.Set(ctx, "k", sampleRow(1), time.Minute))
+
+	now := sentinel.Failover(20 * time.Second)
+	require.NotEqual(t, primary.Addr, now)
+	waitFor(t, 15*time.Second, "a new epoch after the Sentinel failover", func() bool { return c.TopologyEpoch() != e0 })
+	waitFor(t, 15*time.Second, "deletes on the new master", func() bool { return c.Delete(ctx, "k") == nil })
+}

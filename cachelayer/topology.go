@@ -266,7 +266,7 @@ func (t *topology) checkStandalone(ctx context.Context, rdb *redis.Client) {
 	t.mu.Unlock()
 	switch {
 	case prevRun != "" && info.runID != prevRun:
-		t.bump("the redis master restarted (new run_id)")
+		t.bump("the redis master restarted or is another server (new run_id)")
 	case prevRepl != "" && info.replID != prevRepl:
 		t.bump("the redis master has a new replication id (a replica was promoted)")
 	}

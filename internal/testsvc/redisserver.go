@@ -689,3 +689,115 @@ func (c *RedisCluster) URL() string {
 	}
 	return u
 }
+
+// Sentinel is a redis-server in sentinel mode on a loopback port of its own,
+// monitoring one master as "mymaster" (down-after 500 ms, failover timeout
+// 2 s), started by [StartSentinel] and killed when the test ends.
+type Sentinel struct {
+	*RedisServer
+	// MasterName is the name clients use: "mymaster".
+	MasterName string
+}
+
+// StartSentinel starts a Sentinel monitoring master (quorum 1) and waits
+// until it has discovered the master's replicas.
+func StartSentinel(t testing.TB, master *RedisServer, replicas int) *Sentinel {
+	t.Helper()
+	port := FreePort(t)
+	dir := t.TempDir()
+	host, mport, _ := net.SplitHostPort(master.Addr)
+	conf := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\n"+
+		"sentinel monitor mymaster %s %s 1\n"+
+		"sentinel down-after-milliseconds mymaster 500\n"+
+		"sentinel failover-timeout mymaster 2000\n", port, dir, host, mport)
+	file := dir + "/sentinel.conf"
+	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+		t.Fatalf("testsvc: sentinel config: %v", err)
+	}
+	s := &RedisServer{
+		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		t:    t,
+		bin:  redisServerBin(t, "redis-server"),
+		dir:  dir,
+		args: []string{file, "--sentinel", "--daemonize", "no", "--loglevel", "warning", "--logfile", "sentinel.log"},
+	}
+	t.Cleanup(s.Kill)
+	s.start()
+	sn := &Sentinel{RedisServer: s, MasterName: "mymaster"}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if n, err := sn.knownReplicas(); err == nil && n >= replicas {
+			return sn
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testsvc: sentinel %s did not discover %d replicas", s.Addr, replicas)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func (s *Sentinel) client() *redis.SentinelClient {
+	return redis.NewSentinelClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second})
+}
+
+// knownReplicas is how many replicas of mymaster the Sentinel knows and
+// could promote: flags exactly "slave" (not down), link to the master ok,
+// and an INFO of their own received.
+func (s *Sentinel) knownReplicas() (int, error) {
+	sc := s.client()
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r, err := sc.Replicas(ctx, s.MasterName).Result()
+	n := 0
+	for _, rep := range r {
+		if rep["flags"] == "slave" && rep["master-link-status"] == "ok" && rep["info-refresh"] != "" && rep["role-reported"] == "slave" {
+			n++
+		}
+	}
+	return n, err
+}
+
+// MasterAddr is the address the Sentinel gives for mymaster now.
+func (s *Sentinel) MasterAddr() string {
+	s.t.Helper()
+	sc := s.client()
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a, err := sc.GetMasterAddrByName(ctx, s.MasterName).Result()
+	if err != nil || len(a) != 2 {
+		s.t.Fatalf("testsvc: sentinel master address: %v %v", a, err)
+	}
+	return net.JoinHostPort(a[0], a[1])
+}
+
+// Failover forces a failover (SENTINEL FAILOVER: a replica is promoted, the
+// old master demoted) and waits up to d until the Sentinel names another
+// master and that node reports role:master.
+func (s *Sentinel) Failover(d time.Duration) string {
+	s.t.Helper()
+	before := s.MasterAddr()
+	sc := s.client()
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := sc.Failover(ctx, s.MasterName).Err(); err != nil {
+		s.t.Fatalf("testsvc: SENTINEL FAILOVER: %v", err)
+	}
+	deadline := time.Now().Add(d)
+	for {
+		if now := s.MasterAddr(); now != before {
+			rdb := redis.NewClient(&redis.Options{Addr: now, MaxRetries: -1, DialTimeout: time.Second})
+			info, err := rdb.Info(ctx, "replication").Result()
+			rdb.Close()
+			if err == nil && strings.Contains(info, "role:master") {
+				return now
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("testsvc: sentinel failover from %s not done after %v", before, d)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+}
