@@ -3,6 +3,7 @@ package cachelayer
 import (
 	"context"
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -127,7 +128,7 @@ func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 	if err != nil {
 		return
 	}
-	owners, replicas := parseClusterNodes(text)
+	owners, replicas, aliases := parseClusterNodes(text)
 	if len(owners) == 0 {
 		return
 	}
@@ -146,6 +147,9 @@ func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 	masters := map[string]bool{}
 	for _, o := range owners {
 		masters[o.master] = true
+		if a := aliases[o.master]; a != "" {
+			masters[a] = true // go-redis may name it by hostname
+		}
 	}
 	if len(masters) > 0 && s.retain(masters) {
 		t.bump("a failing master left the topology")
@@ -160,8 +164,9 @@ func (t *topology) checkCluster(ctx context.Context, cc *redis.ClusterClient) {
 // (failed or not: a slot changes owner only when a replica took it over),
 // sorted, and each master's replicas that the cluster has not marked failed.
 // (CLUSTER SLOTS would be simpler, but Redis 7.0 can leave replicas out of
-// it long after they joined.)
-func parseClusterNodes(text string) ([]slotOwner, map[string]int) {
+// it long after they joined.) aliases maps a node's ip:port to its
+// hostname:port where it announces a hostname.
+func parseClusterNodes(text string) (owners []slotOwner, replicas map[string]int, aliases map[string]string) {
 	type node struct {
 		addr, master string
 		isMaster     bool
@@ -170,13 +175,21 @@ func parseClusterNodes(text string) ([]slotOwner, map[string]int) {
 	}
 	byID := map[string]*node{}
 	var nodes []*node
+	aliases = map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 8 {
 			continue
 		}
-		addr, _, _ := strings.Cut(f[1], "@")
-		addr, _, _ = strings.Cut(addr, ",")
+		addr, _, _ := strings.Cut(f[1], ",")
+		hostname := ""
+		if _, h, ok := strings.Cut(f[1], ","); ok {
+			hostname, _, _ = strings.Cut(h, ",")
+		}
+		addr, _, _ = strings.Cut(addr, "@")
+		if _, port, err := net.SplitHostPort(addr); err == nil && hostname != "" {
+			aliases[addr] = net.JoinHostPort(hostname, port)
+		}
 		n := &node{addr: addr, ok: true, slots: f[8:]}
 		for _, flag := range strings.Split(f[2], ",") {
 			switch flag {
@@ -195,8 +208,7 @@ func parseClusterNodes(text string) ([]slotOwner, map[string]int) {
 		byID[f[0]] = n
 		nodes = append(nodes, n)
 	}
-	var owners []slotOwner
-	replicas := map[string]int{}
+	replicas = map[string]int{}
 	for _, n := range nodes {
 		if n.isMaster {
 			if _, ok := replicas[n.addr]; !ok && len(n.slots) > 0 {
@@ -226,7 +238,7 @@ func parseClusterNodes(text string) ([]slotOwner, map[string]int) {
 		}
 	}
 	sort.Slice(owners, func(i, j int) bool { return owners[i].start < owners[j].start })
-	return owners, replicas
+	return owners, replicas, aliases
 }
 
 // sameOwners reports whether every slot has the same master in a and b.

@@ -18,12 +18,13 @@ m3 127.0.0.1:7003@17003 master - 0 0 3 connected 10923 10924-16383
 r3 127.0.0.1:7006@17006 slave,fail m3 0 0 3 disconnected
 r4 127.0.0.1:7007@17007 slave r1 0 0 7 connected
 `
-	owners, replicas := parseClusterNodes(text)
+	owners, replicas, aliases := parseClusterNodes(text)
 	assert.Equal(t, []slotOwner{
 		{0, 5460, "127.0.0.1:7004"}, {5461, 10922, "127.0.0.1:7002"},
 		{10923, 10923, "127.0.0.1:7003"}, {10924, 16383, "127.0.0.1:7003"},
 	}, owners)
 	assert.Equal(t, map[string]int{"127.0.0.1:7004": 1, "127.0.0.1:7002": 1, "127.0.0.1:7003": 0}, replicas)
+	assert.Equal(t, map[string]string{"127.0.0.1:7005": "host.example:7005"}, aliases)
 }
 
 func TestSameOwners(t *testing.T) {
