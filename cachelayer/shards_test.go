@@ -408,24 +408,53 @@ func TestAckedDeleteLostInFailover(t *testing.T) {
 	cluster := testsvc.StartClusterReplicas(t, 3, 1)
 	cc := cluster.ClientWith(&redis.ClusterOptions{ContextTimeoutEnabled: true, DialTimeout: 200 * time.Millisecond,
 		ClusterStateReloadInterval: RecommendedClusterStateReloadInterval})
-	c := New(cc, &Config{Prefix: testsvc.Prefix(t), BreakerCooldown: 100 * time.Millisecond, Logger: (&logBuffer{}).logger()})
+	c := New(cc, &Config{Prefix: testsvc.Prefix(t), BreakerCooldown: 100 * time.Millisecond,
+		InvalidateWaitTimeout: time.Second, // a busy test machine's replicas may be slow to acknowledge
+		Logger:                (&logBuffer{}).logger()})
 	t.Cleanup(func() { _ = c.Close() })
 
-	key := keysByMaster(ctx, t, cc, c, 1)[cluster.Addrs[0]][0]
+	byMaster := keysByMaster(ctx, t, cc, c, 2)
+	key := byMaster[cluster.Addrs[0]][0]
 	full := c.FullKey(key)
 	master := cluster.Servers[0]
 	replica := cluster.ReplicaOf(master.Addr)
 	require.NoError(t, c.Set(ctx, key, sampleRow(1), time.Minute))
 	master.WaitReplicasOnline(1, 10*time.Second) // the replica holds the value
-	waitFor(t, 5*time.Second, "the cache to learn the replica", func() bool { return c.topo.replicasOf(master.Addr) == 1 })
+	for _, m := range cluster.Addrs {
+		waitFor(t, 5*time.Second, "the cache to learn the replicas", func() bool { return c.topo.replicasOf(m) == 1 })
+	}
 	epoch0 := c.TopologyEpoch()
+
+	// With one replica paused, a delete of keys on every master is
+	// confirmed by the other masters' replicas only: per key, per master.
+	var all []string
+	for _, keys := range byMaster {
+		for _, k := range keys[1:] {
+			require.NoError(t, c.Set(ctx, k, sampleRow(2), time.Minute))
+			all = append(all, c.FullKey(k))
+		}
+	}
+	replica.Pause()
+	errs := c.DeleteFullEach(ctx, all)
+	require.Len(t, errs, len(all))
+	for i, full := range all {
+		node, err := cc.MasterForKey(ctx, full)
+		require.NoError(t, err)
+		if node.Options().Addr == master.Addr {
+			assert.ErrorIs(t, errs[i], ErrNotReplicated, "key %s of the master whose replica is paused", full)
+		} else {
+			assert.NoError(t, errs[i], "key %s of a master with a healthy replica", full)
+		}
+	}
+	replica.Resume()
+	master.WaitReplicasOnline(1, 10*time.Second)
 
 	// Cut the replica off: paused, and its link closed by the master, so
 	// that the UNLINK does not wait in a socket buffer for the replica to
 	// read it when it resumes (a lagging replica, or a partition).
 	replica.Pause()
 	require.NoError(t, master.Client().Do(ctx, "CLIENT", "KILL", "TYPE", "replica").Err())
-	errs := c.DeleteFullEach(ctx, []string{full})
+	errs = c.DeleteFullEach(ctx, []string{full})
 	require.Len(t, errs, 1)
 	require.ErrorIs(t, errs[0], ErrNotReplicated, "the master deleted it, no replica confirmed")
 	master.Kill()
