@@ -104,8 +104,8 @@ type Config struct {
 	// kept for a retry, so a failover to a lagging replica cannot bring the
 	// old value back for good.
 	InvalidateReplicas int
-	// InvalidateWaitTimeout bounds each delete's WAIT for its replicas
-	// (within InvalidateTimeout); default 100 ms.
+	// InvalidateWaitTimeout bounds each delete's WAIT for its replicas, at
+	// most half of InvalidateTimeout; default 100 ms.
 	InvalidateWaitTimeout time.Duration
 	// TopologyInterval is how often, at most, the cache looks at its
 	// Redis's topology (one CLUSTER SLOTS, or one INFO, when a delete or

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -217,8 +218,11 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteG
 		unlinks[j] = pipe.Unlink(ictx, keys[i])
 	}
 	var waited *redis.IntCmd
+	// At most half the round trip's InvalidateTimeout, so that a WAIT
+	// running out reports the keys unreplicated rather than the deadline
+	// failing the pipeline; never 0 (WAIT 0 blocks forever).
+	ms := max(min(c.cfg.InvalidateWaitTimeout, c.cfg.InvalidateTimeout/2).Milliseconds(), 1)
 	if wait > 0 {
-		ms := max(c.cfg.InvalidateWaitTimeout.Milliseconds(), 1) // WAIT 0 would block forever
 		waited = redis.NewIntCmd(ictx, "wait", wait, ms)
 		_ = pipe.Process(ictx, waited)
 	}
@@ -280,7 +284,7 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteG
 		done++
 		if !confirmed {
 			errs[i] = fmt.Errorf("cachelayer: delete %s: %w (WAIT %d: %d replicas within %v)",
-				keys[i], ErrNotReplicated, wait, waited.Val(), c.cfg.InvalidateWaitTimeout)
+				keys[i], ErrNotReplicated, wait, waited.Val(), time.Duration(ms)*time.Millisecond)
 		}
 	}
 	c.st.invalidations.Add(done)
