@@ -564,45 +564,32 @@ func StartReplica(t testing.TB, primary *RedisServer, args ...string) *RedisServ
 }
 
 // WaitReplicasOnline waits up to d until the server, a master, has at least
-// n replicas online that acknowledged its whole replication stream (so a
-// WAIT after the next write is answered by them, not timed out because one
-// is still finishing its initial sync).
+// n replicas that acknowledge its replication stream: after a PUBLISH
+// (replicated, but touching no key), WAIT n answers n. A replica that
+// finished its initial sync acknowledges the stream only from its first
+// REPLCONF ACK on, up to a second later; until then a WAIT after a write
+// would time out.
 func (s *RedisServer) WaitReplicasOnline(n int, d time.Duration) {
 	s.t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+	defer rdb.Close()
 	deadline := time.Now().Add(d)
 	for {
-		info, err := s.Info("replication")
-		if err == nil && replicasCaughtUp(info) >= n {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		wait := redis.NewIntCmd(ctx, "wait", n, 200) // bounds each attempt: no sleep needed
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Publish(ctx, "testsvc:replication", "check")
+			return p.Process(ctx, wait)
+		})
+		cancel()
+		if err == nil && wait.Val() >= int64(n) {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("testsvc: master %s has not %d replicas online after %v:\n%s", s.Addr, n, d, info)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
-}
-
-// replicasCaughtUp counts the slaveN lines of INFO replication that are
-// online at the master's offset.
-func replicasCaughtUp(info string) int {
-	var offset string
-	n := 0
-	var slaves []string
-	for _, line := range strings.Split(info, "\n") {
-		line = strings.TrimSpace(line)
-		if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
-			offset = v
-		}
-		if strings.HasPrefix(line, "slave") && strings.Contains(line, ":ip=") {
-			slaves = append(slaves, line)
+			info, _ := s.Info("replication")
+			s.t.Fatalf("testsvc: master %s has not %d replicas acknowledging after %v (%v):\n%s", s.Addr, n, d, err, info)
 		}
 	}
-	for _, l := range slaves {
-		if strings.Contains(l, "state=online") && strings.Contains(l, "offset="+offset+",") {
-			n++
-		}
-	}
-	return n
 }
 
 // WaitReplicating waits up to d until the server, a replica, reports
