@@ -17,15 +17,21 @@ import (
 type breaker struct {
 	threshold int
 	cooldown  time.Duration
+	// probeTTL is how long a half-open probe may go unreported before
+	// another call may probe: a probe's outcome can be reported to
+	// another breaker when the topology changes between allow and outcome
+	// (a key's master moved), and the breaker must not stay half-open forever.
+	probeTTL  time.Duration
 	logger    *slog.Logger
 	onRecover func() // called once per open → closed transition
 
 	open     atomic.Bool  // state != closed; read without mu on the fast path
 	failures atomic.Int64 // consecutive failures while closed
 
-	mu       sync.Mutex // guards openedAt, probing
+	mu       sync.Mutex // guards openedAt, probing, probedAt
 	openedAt time.Time  // when the breaker last opened
 	probing  bool       // a half-open probe is in flight
+	probedAt time.Time  // when the probe in flight was handed out
 }
 
 // allow reports whether a Redis call may be made now. When it returns true
@@ -40,10 +46,14 @@ func (b *breaker) allow() bool {
 	if !b.open.Load() {
 		return true
 	}
-	if b.probing || time.Since(b.openedAt) < b.cooldown {
+	if b.probing && (b.probeTTL <= 0 || time.Since(b.probedAt) < b.probeTTL) {
+		return false
+	}
+	if time.Since(b.openedAt) < b.cooldown {
 		return false
 	}
 	b.probing = true
+	b.probedAt = time.Now()
 	return true
 }
 
@@ -95,6 +105,19 @@ func (b *breaker) failure(err error) {
 	b.openedAt = time.Now()
 	b.logger.Warn("cachelayer: redis failing; circuit breaker open, reads go to the loaders",
 		"consecutive_failures", b.failures.Load(), "cooldown", b.cooldown, "err", err)
+}
+
+// reset closes the breaker without a probe, for a breaker whose master
+// left the topology (its slots moved to another node): nothing will probe
+// it again. It reports whether the breaker was open.
+func (b *breaker) reset() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	was := b.open.Load()
+	b.open.Store(false)
+	b.failures.Store(0)
+	b.probing = false
+	return was
 }
 
 // neutral releases a half-open probe whose outcome says nothing about Redis

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +28,9 @@ type Cache struct {
 	codec  Codec
 	prefix string
 	log    *slog.Logger
-	br     *breaker
+	br     *breaker // the breaker of a standalone or Sentinel Redis; on a Cluster, of the whole cluster until its slot table is known
+	shards *shards  // per-master breakers of a Cluster; nil otherwise
+	topo   *topology
 
 	group  singleflight.Group // one flight per full key
 	bypass loadRounds         // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
@@ -69,6 +72,7 @@ type counters struct {
 	invalidations        atomic.Int64 // keys deleted by Delete, DeleteFull
 	invalidationFailures atomic.Int64 // Delete/DeleteFull calls that did not reach Redis
 	recoveries           atomic.Int64 // breaker open → closed transitions
+	notReplicated        atomic.Int64 // keys deleted on their master but not confirmed by a replica (WAIT)
 }
 
 // Stats are counters since the Cache was created: exact, not sampled.
@@ -104,17 +108,29 @@ type Stats struct {
 	// Invalidations counts keys deleted by Delete and DeleteFull (each key
 	// whose UNLINK Redis acknowledged, whether or not it existed).
 	Invalidations int64
-	// InvalidationFailures counts Delete and DeleteFull calls that did not
-	// reach Redis (failed, or skipped while the breaker was open).
+	// InvalidationFailures counts Delete and DeleteFull calls of which
+	// some key did not reach Redis (failed, or skipped while its breaker
+	// was open).
 	InvalidationFailures int64
-	// Recoveries counts times the cache became available again after the
-	// breaker had opened.
+	// NotReplicated counts keys that their master deleted but that no
+	// replica confirmed within InvalidateWaitTimeout (the delete call
+	// reported ErrNotReplicated for them).
+	NotReplicated int64
+	// Recoveries counts times a breaker closed again after it had opened
+	// (on a Cluster, each master's breaker counts).
 	Recoveries int64
 	// Available is false in no-cache mode, after Close and while the
-	// breaker is open.
+	// breaker is open; on a Cluster, while every master's breaker is open
+	// (some keys may be unavailable while it is true: see BreakerOpen and
+	// ShardsOpen).
 	Available bool
-	// BreakerOpen reports whether the breaker is open (or half-open).
+	// BreakerOpen reports whether a breaker is open (or half-open): the
+	// only one of a standalone or Sentinel Redis, any master's on a
+	// Cluster.
 	BreakerOpen bool
+	// ShardsOpen is how many masters of a Cluster have an open breaker
+	// (see [Cache.Shards]); 0 otherwise.
+	ShardsOpen int
 }
 
 // Health is the result of a PING of Redis.
@@ -140,18 +156,56 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 		flights: map[string]int{},
 		rounds:  newGetRounds(),
 	}
-	c.br = &breaker{
-		threshold: conf.BreakerFailures,
-		cooldown:  conf.BreakerCooldown,
-		logger:    conf.Logger,
-		onRecover: func() { c.st.recoveries.Add(1) },
-	}
+	c.br = c.newBreaker(conf.Logger)
 	if rdb != nil && !contextTimeoutEnabled(rdb) {
 		c.log.Warn("cachelayer: redis client lacks ContextTimeoutEnabled; a hung Redis can stall reads beyond OpTimeout",
 			"op_timeout", conf.OpTimeout)
 	}
+	switch r := rdb.(type) {
+	case *redis.ClusterClient:
+		c.shards = &shards{cc: r, mk: func(addr string) *breaker {
+			return c.newBreaker(conf.Logger.With("redis_master", addr))
+		}}
+		c.topo = newTopology(c, conf.TopologyInterval)
+		if r.Options().ClusterStateReloadInterval > 10*time.Second {
+			c.log.Warn("cachelayer: cluster client reloads its slot table rarely; a promoted replica may go unused for that long",
+				"cluster_state_reload_interval", r.Options().ClusterStateReloadInterval, "recommended", RecommendedClusterStateReloadInterval)
+		}
+	case nil:
+	default: // a standalone or Sentinel-managed master, or a Ring (whose epoch counts breaker recoveries only)
+		c.topo = newTopology(c, conf.TopologyInterval)
+	}
+	if c.topo != nil {
+		c.topo.start() // learn the masters and their replicas before the first delete
+	}
 	return c
 }
+
+// newBreaker returns a breaker with the cache's settings, whose closing
+// after an outage counts in Recoveries, advances the topology epoch and
+// checks the topology.
+func (c *Cache) newBreaker(logger *slog.Logger) *breaker {
+	return &breaker{
+		threshold: c.cfg.BreakerFailures,
+		cooldown:  c.cfg.BreakerCooldown,
+		probeTTL:  c.cfg.BreakerCooldown + c.cfg.InvalidateTimeout + c.cfg.OpTimeout,
+		logger:    logger,
+		onRecover: func() {
+			c.st.recoveries.Add(1)
+			if c.topo != nil {
+				c.topo.bump("a circuit breaker closed after an outage")
+				c.topo.forceCheck()
+			}
+		},
+	}
+}
+
+// RecommendedClusterStateReloadInterval is the ClusterStateReloadInterval
+// that Open gives the cluster clients it builds, and that clients passed to
+// New should have: go-redis then reloads its slot table at least that often
+// under traffic (one CLUSTER SLOTS), so a promoted replica is used within
+// seconds even where no error told the client (go-redis's default is 60 s).
+const RecommendedClusterStateReloadInterval = 2 * time.Second
 
 // contextTimeoutEnabled reports whether rdb honours context deadlines on
 // socket reads, when it can tell (true when it cannot).
@@ -167,31 +221,54 @@ func contextTimeoutEnabled(rdb redis.UniversalClient) bool {
 	return true
 }
 
-// Open returns a Cache on a standalone Redis given by redisURL
-// (redis://[user:password@]host:port/db, or rediss:// for TLS), configured
-// so that OpTimeout really bounds each call: ContextTimeoutEnabled, one dial
-// attempt of at most max(2×OpTimeout, 250 ms), at most one retry. An empty
-// redisURL means no-cache mode. Open fails only on a bad URL (ErrInvalid; the error never
-// contains the password); an unreachable Redis is logged and handled like
-// any outage. Close closes the client Open made. For Cluster or Sentinel,
-// build the client and use [New].
+// Open returns a Cache on the Redis given by redisURL, configured so that
+// OpTimeout really bounds each call: ContextTimeoutEnabled, one dial attempt
+// of at most max(2×OpTimeout, 250 ms), at most one retry. A standalone
+// Redis is redis://[user:password@]host:port/db (rediss:// for TLS); a
+// Redis Cluster is given by its seed nodes in go-redis's cluster URL form,
+// redis://[user:password@]host:port?addr=host2:port2&addr=host3:port3 (one or
+// more addr parameters mark a cluster URL), and gets a client that reloads
+// its slot table every [RecommendedClusterStateReloadInterval]. An empty
+// redisURL means no-cache mode. Open fails only on a bad URL (ErrInvalid;
+// the error never contains the password); an unreachable Redis is logged
+// and handled like any outage. Close closes the client Open made. For
+// Sentinel, build the client and use [New].
 func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	conf := withDefaults(cfg)
 	if redisURL == "" {
 		return New(nil, &conf), nil
 	}
-	opts, err := redis.ParseURL(redisURL)
-	if err != nil {
-		return nil, fmt.Errorf("cachelayer: %w: redis url %s: %s", ErrInvalid, redact.URL(redisURL), redact.Reason(redisURL, err))
+	var rdb redis.UniversalClient
+	if isClusterURL(redisURL) {
+		opts, err := redis.ParseClusterURL(redisURL)
+		if err != nil {
+			return nil, fmt.Errorf("cachelayer: %w: redis cluster url %s: %s", ErrInvalid, redact.URL(redisURL), redact.Reason(redisURL, err))
+		}
+		opts.ContextTimeoutEnabled = true
+		opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
+		opts.DialerRetries = 1
+		opts.ReadTimeout = max(conf.OpTimeout, conf.InvalidateTimeout)
+		opts.WriteTimeout = opts.ReadTimeout
+		opts.MaxRetries = 1
+		opts.MaxRedirects = 2 // a MOVED after a failover, and one retry
+		opts.DisableIdentity = true
+		opts.ClusterStateReloadInterval = RecommendedClusterStateReloadInterval
+		rdb = redis.NewClusterClient(opts)
+	} else {
+		opts, err := redis.ParseURL(redisURL)
+		if err != nil {
+			return nil, fmt.Errorf("cachelayer: %w: redis url %s: %s", ErrInvalid, redact.URL(redisURL), redact.Reason(redisURL, err))
+		}
+		opts.ContextTimeoutEnabled = true
+		opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
+		opts.DialerRetries = 1
+		opts.ReadTimeout = max(conf.OpTimeout, conf.InvalidateTimeout)
+		opts.WriteTimeout = opts.ReadTimeout
+		opts.MaxRetries = 1
+		opts.DisableIdentity = true // no CLIENT SETINFO round trips on each new connection
+		rdb = redis.NewClient(opts)
 	}
-	opts.ContextTimeoutEnabled = true
-	opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
-	opts.DialerRetries = 1
-	opts.ReadTimeout = max(conf.OpTimeout, conf.InvalidateTimeout)
-	opts.WriteTimeout = opts.ReadTimeout
-	opts.MaxRetries = 1
-	opts.DisableIdentity = true // no CLIENT SETINFO round trips on each new connection
-	c := New(redis.NewClient(opts), &conf)
+	c := New(rdb, &conf)
 	c.owned = true
 
 	pctx, cancel := context.WithTimeout(ctx, max(conf.OpTimeout, 250*time.Millisecond))
@@ -203,17 +280,34 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	return c, nil
 }
 
+// isClusterURL reports whether redisURL names cluster seed nodes: it has
+// one or more addr query parameters.
+func isClusterURL(redisURL string) bool {
+	u, err := url.Parse(redisURL)
+	if err != nil {
+		return false
+	}
+	return u.Query().Has("addr")
+}
+
 // FullKey returns the key as stored in Redis: the prefix followed by key.
 func (c *Cache) FullKey(key string) string { return c.prefix + key }
 
 // Available reports whether the cache uses Redis now: Redis configured,
 // the Cache not closed, and the breaker not open.
+// On a Cluster it is false only while every master's breaker is open.
 func (c *Cache) Available() bool {
-	return c.rdb != nil && !c.closed.Load() && !c.br.isOpen()
+	return c.rdb != nil && !c.closed.Load() && !c.allBreakersOpen()
 }
 
-// Stats returns the counters since New.
+// Stats returns the counters since New. On a Cluster with an open breaker
+// it also starts a topology check when the last is older than
+// TopologyInterval (on a goroutine of its own), so that the breaker of a
+// master that left the topology is dropped even while no call uses it.
 func (c *Cache) Stats() Stats {
+	if c.shards != nil && !c.noCache() && c.anyBreakerOpen() {
+		c.topo.maybeCheck()
+	}
 	return Stats{
 		Hits:                 c.st.hits.Load(),
 		Misses:               c.st.misses.Load(),
@@ -228,9 +322,20 @@ func (c *Cache) Stats() Stats {
 		Invalidations:        c.st.invalidations.Load(),
 		InvalidationFailures: c.st.invalidationFailures.Load(),
 		Recoveries:           c.st.recoveries.Load(),
+		NotReplicated:        c.st.notReplicated.Load(),
 		Available:            c.Available(),
-		BreakerOpen:          c.br.isOpen(),
+		BreakerOpen:          c.anyBreakerOpen(),
+		ShardsOpen:           c.shardsOpen(),
 	}
+}
+
+// shardsOpen is Stats.ShardsOpen.
+func (c *Cache) shardsOpen() int {
+	if c.shards == nil {
+		return 0
+	}
+	_, open := c.shards.state()
+	return open
 }
 
 // healthTimeout bounds Health whatever the client's settings.
@@ -238,7 +343,9 @@ const healthTimeout = time.Second
 
 // Health pings Redis and reports its latency. It returns within 1 s (or
 // sooner if ctx ends) even if Redis hangs, and does not consult the breaker.
-// In no-cache mode it reports Healthy false, Err "cache disabled".
+// On a Cluster it pings every master (concurrently): Healthy only if all
+// answered, Latency the slowest, Err naming the masters that did not. In
+// no-cache mode it reports Healthy false, Err "cache disabled".
 func (c *Cache) Health(ctx context.Context) Health {
 	if c.rdb == nil {
 		return Health{Err: "cache disabled"}
@@ -254,7 +361,7 @@ func (c *Cache) Health(ctx context.Context) Health {
 	// cannot hold Health past its deadline; Close waits for it.
 	go func() {
 		defer c.wg.Done()
-		done <- c.rdb.Ping(ctx).Err()
+		done <- c.ping(ctx)
 	}()
 	select {
 	case err := <-done:
@@ -266,6 +373,28 @@ func (c *Cache) Health(ctx context.Context) Health {
 	case <-ctx.Done():
 		return Health{Latency: time.Since(start), Err: "ping: " + ctx.Err().Error()}
 	}
+}
+
+// ping is Health's PING: of the one Redis, or of every master of a Cluster.
+func (c *Cache) ping(ctx context.Context) error {
+	cc, ok := c.rdb.(*redis.ClusterClient)
+	if !ok {
+		return c.rdb.Ping(ctx).Err()
+	}
+	var mu sync.Mutex
+	var errs []error
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		if err := m.Ping(ctx).Err(); err != nil {
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("master %s: %w", m.Options().Addr, err))
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops the cache from using Redis, waits for flights that are
@@ -296,34 +425,42 @@ func (c *Cache) enter() bool {
 	return true
 }
 
-// useRedis reports whether a call may go to Redis now, counting a refusal
-// by the breaker. It does not count no-cache mode or a closed cache.
-func (c *Cache) useRedis() bool {
-	return c.rdb != nil && !c.closed.Load() && c.br.allow()
-}
-
 // outcome classifies err, the result of a Redis call made for a caller
 // whose context is ctx, and feeds the breaker. It returns nil or redis.Nil
 // unchanged; an error reply of Redis that says nothing about its health
 // (WRONGTYPE, not an integer…) unchanged; the caller's own context error
 // (not a Redis failure); or, for a failure of Redis, an error that Is
 // ErrUnavailable (counted in RedisErrors).
-func (c *Cache) outcome(ctx context.Context, err error) error {
+//
+// outcome feeds the Cache's own breaker, for calls that name no key;
+// outcomeFor feeds the breaker of a key's master. On a Cluster a failure
+// also makes go-redis reload its slot table (at most every 250 ms), so that a
+// replica promoted in a failed master's place is used within moments.
+func (c *Cache) outcome(ctx context.Context, err error) error { return c.outcomeOn(ctx, c.br, err) }
+
+// outcomeOn is outcome feeding breaker b.
+func (c *Cache) outcomeOn(ctx context.Context, b *breaker, err error) error {
 	if err == nil || err == redis.Nil {
-		c.br.success()
+		b.success()
 		return err
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		c.br.neutral()
+		b.neutral()
 		return ctxErr
 	}
 	var reply redis.Error
 	if errors.As(err, &reply) && !unhealthyReply(err) {
-		c.br.success()
+		b.success()
+		if c.shards != nil && (redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK")) {
+			c.shards.reload()
+		}
 		return err
 	}
 	c.st.redisErrors.Add(1)
-	c.br.failure(err)
+	b.failure(err)
+	if c.shards != nil && c.shards.reload() {
+		c.topo.forceCheck()
+	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 

@@ -94,6 +94,25 @@ type Config struct {
 	MaxValueBytes int
 	// Codec encodes values; default JSON.
 	Codec Codec
+	// InvalidateReplicas is how many replicas must confirm each delete
+	// (Redis WAIT, sent in the delete's own pipeline: no extra round trip)
+	// before Delete, DeleteFull and DeleteFullEach report the key deleted;
+	// at most the replicas the key's master has, and no WAIT for a master
+	// without replicas. 0 means 1 (when the master has replicas); negative
+	// means never wait. A key deleted on its master but not confirmed in
+	// time gets an error that Is [ErrNotReplicated]: its invalidation is
+	// kept for a retry, so a failover to a lagging replica cannot bring the
+	// old value back for good.
+	InvalidateReplicas int
+	// InvalidateWaitTimeout bounds each delete's WAIT for its replicas, at
+	// most half of InvalidateTimeout; default 100 ms.
+	InvalidateWaitTimeout time.Duration
+	// TopologyInterval is how often, at most, the cache looks at its
+	// Redis's topology (one CLUSTER SLOTS, or one INFO, when a delete or
+	// TopologyEpoch finds the last look older): the masters' replicas and
+	// the changes that advance TopologyEpoch. Failures and breakers closing
+	// trigger a look sooner. Default 2 s.
+	TopologyInterval time.Duration
 	// Logger receives warnings on state changes (breaker open and closed,
 	// a client without ContextTimeoutEnabled), never one per request;
 	// default slog.Default().
@@ -113,6 +132,8 @@ const (
 	defaultBreakerFailures   = 5
 	defaultBreakerCooldown   = time.Second
 	defaultMaxValueBytes     = 256 << 10
+	defaultInvalidateWait    = 100 * time.Millisecond
+	defaultTopologyInterval  = 2 * time.Second
 )
 
 // withDefaults validates cfg (panicking on negative durations and other
@@ -126,6 +147,7 @@ func withDefaults(cfg *Config) Config {
 		"OpTimeout": c.OpTimeout, "InvalidateTimeout": c.InvalidateTimeout,
 		"LoadTimeout": c.LoadTimeout, "LeaseTTL": c.LeaseTTL, "LeaseWait": c.LeaseWait,
 		"NegativeTTL": c.NegativeTTL, "BreakerCooldown": c.BreakerCooldown,
+		"InvalidateWaitTimeout": c.InvalidateWaitTimeout, "TopologyInterval": c.TopologyInterval,
 	} {
 		if d < 0 {
 			panic(fmt.Sprintf("cachelayer: Config.%s is negative (%v)", name, d))
@@ -151,6 +173,8 @@ func withDefaults(cfg *Config) Config {
 	c.BreakerFailures = cmp.Or(c.BreakerFailures, defaultBreakerFailures)
 	c.BreakerCooldown = cmp.Or(c.BreakerCooldown, defaultBreakerCooldown)
 	c.MaxValueBytes = cmp.Or(c.MaxValueBytes, defaultMaxValueBytes)
+	c.InvalidateWaitTimeout = cmp.Or(c.InvalidateWaitTimeout, defaultInvalidateWait)
+	c.TopologyInterval = cmp.Or(c.TopologyInterval, defaultTopologyInterval)
 	if c.Codec == nil {
 		c.Codec = JSON{}
 	}

@@ -14,7 +14,7 @@ func TestConfigDefaults(t *testing.T) {
 	want := Config{Prefix: "ghl:", OpTimeout: 100 * time.Millisecond, InvalidateTimeout: time.Second,
 		LoadTimeout: 5 * time.Second, LeaseTTL: 3 * time.Second, LeaseWait: time.Second,
 		NegativeTTL: 30 * time.Second, Jitter: 0.1, BreakerFailures: 5, BreakerCooldown: time.Second,
-		MaxValueBytes: 256 << 10}
+		MaxValueBytes: 256 << 10, InvalidateWaitTimeout: 100 * time.Millisecond, TopologyInterval: 2 * time.Second}
 	c.Codec, c.Logger = nil, nil
 	if c != want {
 		t.Fatalf("defaults %+v, want %+v", c, want)
@@ -23,7 +23,8 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("negative jitter gave %v, want 0 (disabled)", got)
 	}
 	for _, bad := range []Config{{OpTimeout: -1}, {InvalidateTimeout: -1}, {LoadTimeout: -1}, {LeaseTTL: -1},
-		{LeaseWait: -1}, {NegativeTTL: -1}, {BreakerCooldown: -1}, {BreakerFailures: -1}, {MaxValueBytes: -1}, {Jitter: 1}} {
+		{LeaseWait: -1}, {NegativeTTL: -1}, {BreakerCooldown: -1}, {BreakerFailures: -1}, {MaxValueBytes: -1}, {Jitter: 1},
+		{InvalidateWaitTimeout: -1}, {TopologyInterval: -1}} {
 		func() {
 			defer func() {
 				if recover() == nil {

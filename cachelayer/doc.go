@@ -76,6 +76,15 @@
 // that Get, Exists, Delete and DeletePrefix also return an error that Is
 // ErrUnavailable.
 //
+// # Redis Cluster and failover
+//
+// On a Cluster each master has its own breaker, so a dead master stops only
+// the calls of its own slots; failures make go-redis reload its slot table.
+// Deletes wait (Redis WAIT, same pipeline) for a replica where the master
+// has one and report keys no replica confirmed with [ErrNotReplicated];
+// [Cache.DeleteFullEach] reports per key. [Cache.TopologyEpoch] changes when
+// a failover, restart or outage may have lost acknowledged deletes.
+//
 // # Keys
 //
 // Keys are passed without the namespace (Config.Prefix, "ghl:" by default),

@@ -122,7 +122,7 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 	}
 	mode := flightNormal
 	if !c.noCache() {
-		if c.br.allow() {
+		if c.breakerFor(full).allow() {
 			s, err := c.rounds.get(ctx, c, full)
 			switch {
 			case err == nil:
@@ -223,7 +223,7 @@ func (c *Cache) getOnce(ctx context.Context, full string) (string, error) {
 	opCtx, cancel := c.opCtx(ctx)
 	s, err := c.rdb.Get(opCtx, full).Result()
 	cancel()
-	return s, c.outcome(ctx, err)
+	return s, c.outcomeFor(ctx, full, err)
 }
 
 // flightResult is what one flight hands to all its callers. It is written
@@ -360,7 +360,7 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		reloads     int
 	)
 	for range maxFlightSteps {
-		if !c.br.allow() {
+		if !c.breakerFor(full).allow() {
 			return fallback()
 		}
 		token := newLeaseToken()
@@ -451,14 +451,14 @@ func waitLease[T any](c *Cache, ctx context.Context, full, key string, deadline 
 		}
 		backoff = min(2*backoff, 50*time.Millisecond)
 
-		if !c.br.allow() {
+		if !c.breakerFor(full).allow() {
 			return waitRecheck // the flight falls back
 		}
 		sent := c.seq.Add(1)
 		opCtx, cancel := c.opCtx(ctx)
 		s, err := c.rdb.Get(opCtx, full).Result()
 		cancel()
-		if err = c.outcome(ctx, err); err != nil {
+		if err = c.outcomeFor(ctx, full, err); err != nil {
 			return waitRecheck // gone (redis.Nil), or failed: the next step decides
 		}
 		var v T
@@ -507,7 +507,7 @@ func (c *Cache) acquire(ctx context.Context, full, token string, expect *string)
 	opCtx, cancel := c.opCtx(ctx)
 	r, err := acquireScript.Run(opCtx, c.rdb, []string{full}, token, c.cfg.LeaseTTL.Milliseconds(), mode, exp).Slice()
 	cancel()
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		if !errors.Is(err, ErrUnavailable) {
 			err = fmt.Errorf("%w: lease script: %w", ErrUnavailable, err)
 		}
@@ -587,14 +587,14 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 		entry, px = string(b), c.jittered(ttl)
 		res.setEncoded(entry[1:])
 	}
-	if !c.br.allow() {
+	if !c.breakerFor(full).allow() {
 		return true, false // the lease expires by itself
 	}
 	opCtx, cancel := c.opCtx(ctx)
 	sent := c.seq.Add(1)
 	n, err := fillScript.Run(opCtx, c.rdb, []string{full}, token, entry, px).Int64()
 	cancel()
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return true, false
 	}
 	if n == 1 {
@@ -624,13 +624,13 @@ func (r *flightResult[T]) filledAt(src int64)        { r.src = src }
 
 // release gives up a lease so others need not wait for it to expire.
 func (c *Cache) release(ctx context.Context, full, token string) {
-	if !c.br.allow() {
+	if !c.breakerFor(full).allow() {
 		return
 	}
 	opCtx, cancel := c.opCtx(ctx)
 	err := releaseScript.Run(opCtx, c.rdb, []string{full}, token).Err()
 	cancel()
-	_ = c.outcome(ctx, err)
+	_ = c.outcomeFor(ctx, full, err)
 }
 
 // trackFlight counts a running flight of full in or out, so that

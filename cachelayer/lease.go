@@ -54,13 +54,13 @@ func (k *leaseKeeper) renew() {
 		return
 	}
 	c := k.c
-	if c.br.allow() {
+	if c.breakerFor(k.full).allow() {
 		ctx := context.Background()
 		sent := time.Now()
 		opCtx, cancel := c.opCtx(ctx)
 		n, err := renewScript.Run(opCtx, c.rdb, []string{k.full}, k.token, c.cfg.LeaseTTL.Milliseconds()).Int64()
 		cancel()
-		switch err = c.outcome(ctx, err); {
+		switch err = c.outcomeFor(ctx, k.full, err); {
 		case err != nil:
 			// Redis failed: try again at the next tick while the lease may live.
 		case n == 1:

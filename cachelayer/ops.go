@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,7 +26,7 @@ func (c *Cache) Get(ctx context.Context, key string, dst any) (found bool, err e
 	if c.noCache() {
 		return false, nil
 	}
-	if !c.br.allow() {
+	if !c.breakerFor(c.prefix + key).allow() {
 		return false, errBreakerOpen
 	}
 	s, err := c.getOnce(ctx, c.prefix+key)
@@ -72,27 +73,30 @@ func (c *Cache) Set(ctx context.Context, key string, v any, ttl time.Duration) e
 		c.st.oversize.Add(1)
 		return fmt.Errorf("%w: value of %d bytes exceeds MaxValueBytes %d", ErrInvalid, len(b), c.cfg.MaxValueBytes)
 	}
-	if !c.useRedis() {
+	full := c.prefix + key
+	if !c.useRedisFor(full) {
 		return c.unavailableErr()
 	}
-	full := c.prefix + key
 	opCtx, cancel := c.opCtx(ctx)
 	err = c.rdb.Set(opCtx, full, b, ttl).Err()
 	cancel()
 	c.forget([]string{full})
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return fmt.Errorf("cachelayer: set %s: %w", key, err)
 	}
 	return nil
 }
 
-// Delete removes keys from the cache, one UNLINK per key (pipelined; safe
-// on Redis Cluster), bounded by InvalidateTimeout. It voids leases on them,
-// so fills of loads that began before it are rejected, and makes later
-// Fetch calls in this process start new flights. In no-cache mode it returns
-// nil. When Redis fails or the breaker is open (it is then not attempted) it
-// returns an error that Is ErrUnavailable; the caller should retry (see the
-// outbox of the cached repositories).
+// Delete removes keys from the cache, one UNLINK per key (pipelined, one
+// round trip per master; safe on Redis Cluster), bounded by
+// InvalidateTimeout, and waits for a replica's confirmation where the master
+// has replicas (see [Cache.DeleteFullEach]). It voids leases on them, so
+// fills of loads that began before it are rejected, and makes later Fetch
+// calls in this process start new flights. In no-cache mode it returns nil.
+// When Redis fails or a key's breaker is open (that key's master is then not
+// attempted) it returns an error that Is ErrUnavailable; when a replica did
+// not confirm in time, one that Is ErrNotReplicated. The caller should retry
+// (see the outbox of the cached repositories).
 func (c *Cache) Delete(ctx context.Context, keys ...string) error {
 	full := make([]string, len(keys))
 	for i, k := range keys {
@@ -107,20 +111,18 @@ func (c *Cache) Delete(ctx context.Context, keys ...string) error {
 // DeleteFull is Delete for keys already prefixed (as [Cache.FullKey]
 // returns them), possibly by caches with another Prefix: an outbox sweeper
 // deletes keys that other instances wrote. Unlike Delete, it returns nil
-// only when every key's UNLINK reached Redis: in no-cache mode and after
-// Close it returns an error that Is ErrUnavailable, so that a caller keeping
-// a durable record of the invalidation (an outbox row) never counts it done.
+// only when every key's UNLINK reached Redis (and was confirmed by a
+// replica where its master has one): in no-cache mode and after Close it
+// returns an error that Is ErrUnavailable, so that a caller keeping a
+// durable record of the invalidation (an outbox row) never counts it done.
+// It is [Cache.DeleteFullEach] with the keys' errors joined.
 func (c *Cache) DeleteFull(ctx context.Context, fullKeys ...string) error {
 	for _, k := range fullKeys {
 		if k == "" || len(k) > MaxKeyLen+len(c.prefix) {
 			return fmt.Errorf("%w: full key %q", ErrInvalid, k)
 		}
 	}
-	if len(fullKeys) > 0 && c.noCache() {
-		c.forget(fullKeys)
-		return fmt.Errorf("cachelayer: delete: %w", c.unavailableErr())
-	}
-	return c.deleteFull(ctx, fullKeys)
+	return joinDeleteErrors(c.DeleteFullEach(ctx, fullKeys))
 }
 
 // Enabled reports whether the cache has a Redis client and is not closed:
@@ -128,50 +130,16 @@ func (c *Cache) DeleteFull(ctx context.Context, fullKeys ...string) error {
 // ignores the breaker, which closes again by itself.
 func (c *Cache) Enabled() bool { return !c.noCache() }
 
+// deleteFull is Delete's engine: nil in no-cache mode.
 func (c *Cache) deleteFull(ctx context.Context, full []string) error {
 	if len(full) == 0 {
 		return nil
 	}
-	c.forget(full)
 	if c.noCache() {
+		c.forget(full)
 		return nil
 	}
-	if !c.br.allow() {
-		c.st.invalidationFailures.Add(1)
-		return fmt.Errorf("cachelayer: delete: %w", errBreakerOpen)
-	}
-	ictx, cancel := context.WithTimeout(ctx, c.cfg.InvalidateTimeout)
-	defer cancel()
-	var err error
-	var done int64
-	if len(full) == 1 {
-		if err = c.rdb.Unlink(ictx, full[0]).Err(); err == nil {
-			done = 1
-		}
-	} else {
-		var cmds []redis.Cmder
-		cmds, err = c.rdb.Pipelined(ictx, func(p redis.Pipeliner) error {
-			for _, k := range full {
-				p.Unlink(ictx, k)
-			}
-			return nil
-		})
-		for _, cmd := range cmds {
-			if cmd.Err() == nil {
-				done++
-			}
-		}
-	}
-	c.st.invalidations.Add(done)
-	c.forget(full)
-	if err = c.outcome(ctx, err); err != nil {
-		c.st.invalidationFailures.Add(1)
-		if !errors.Is(err, ErrUnavailable) {
-			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		return fmt.Errorf("cachelayer: delete: %w", err)
-	}
-	return nil
+	return joinDeleteErrors(c.deleteEach(ctx, full))
 }
 
 // forget makes the in-process flights of full keys unjoinable.
@@ -217,7 +185,36 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) 
 	default:
 		return 0, fmt.Errorf("%w: DeletePrefix does not support %T (it needs a *redis.Client, *redis.ClusterClient or *redis.Ring to SCAN every master)", ErrInvalid, c.rdb)
 	}
-	if !c.br.allow() {
+	// One breaker for the call, except on a Cluster whose slot table is
+	// known, where each master's own breaker guards its SCAN (a master
+	// whose breaker is open is skipped, and the call reports it).
+	perMaster := false
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok && c.shards != nil && c.shards.ready.Load() {
+		perMaster = true
+		each = func(ctx context.Context, fn func(context.Context, *redis.Client) error) error {
+			var mu sync.Mutex
+			var errs []error
+			err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+				b := c.shards.forAddr(node.Options().Addr)
+				var err error
+				if !b.allow() {
+					err = fmt.Errorf("master %s: %w", node.Options().Addr, errBreakerOpen)
+				} else if err = c.outcomeOn(ctx, b, fn(ctx, node)); err != nil {
+					err = fmt.Errorf("master %s: %w", node.Options().Addr, asUnavailable(err))
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+				return nil
+			})
+			if err != nil {
+				return c.outcome(ctx, err)
+			}
+			return errors.Join(errs...)
+		}
+	} else if !c.br.allow() {
 		return 0, fmt.Errorf("cachelayer: delete prefix: %w", errBreakerOpen)
 	}
 	full := c.prefix + prefix
@@ -253,7 +250,10 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) 
 	}
 	err := each(ctx, scan)
 	c.forgetPrefix(full)
-	if err = c.outcome(ctx, err); err != nil {
+	if !perMaster {
+		err = c.outcome(ctx, err)
+	}
+	if err != nil {
 		if !errors.Is(err, ErrUnavailable) {
 			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
@@ -308,13 +308,14 @@ func (c *Cache) Exists(ctx context.Context, key string) (bool, error) {
 	if c.noCache() {
 		return false, nil
 	}
-	if !c.br.allow() {
+	full := c.prefix + key
+	if !c.breakerFor(full).allow() {
 		return false, errBreakerOpen
 	}
 	opCtx, cancel := c.opCtx(ctx)
-	head, err := c.rdb.GetRange(opCtx, c.prefix+key, 0, 0).Result()
+	head, err := c.rdb.GetRange(opCtx, full, 0, 0).Result()
 	cancel()
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		if redis.HasErrorPrefix(err, "WRONGTYPE") {
 			return true, nil // a key of another type exists
 		}
@@ -343,13 +344,14 @@ func (c *Cache) TTL(ctx context.Context, key string) (time.Duration, error) {
 	if err := checkKey(key); err != nil {
 		return 0, err
 	}
-	if !c.useRedis() {
+	full := c.prefix + key
+	if !c.useRedisFor(full) {
 		return 0, c.unavailableErr()
 	}
 	opCtx, cancel := c.opCtx(ctx)
-	ms, err := ttlScript.Run(opCtx, c.rdb, []string{c.prefix + key}, notFoundEntry).Int64()
+	ms, err := ttlScript.Run(opCtx, c.rdb, []string{full}, notFoundEntry).Int64()
 	cancel()
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return 0, fmt.Errorf("cachelayer: ttl %s: %w", key, err)
 	}
 	switch {
@@ -384,13 +386,14 @@ func (c *Cache) Incr(ctx context.Context, key string, by int64, ttl time.Duratio
 	if err := checkTTL(ttl); err != nil {
 		return 0, err
 	}
-	if !c.useRedis() {
+	full := c.prefix + key
+	if !c.useRedisFor(full) {
 		return 0, c.unavailableErr()
 	}
 	opCtx, cancel := c.opCtx(ctx)
-	n, err := incrScript.Run(opCtx, c.rdb, []string{c.prefix + key}, by, max(ttl.Milliseconds(), 1)).Int64()
+	n, err := incrScript.Run(opCtx, c.rdb, []string{full}, by, max(ttl.Milliseconds(), 1)).Int64()
 	cancel()
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return 0, fmt.Errorf("cachelayer: incr %s: %w", key, err)
 	}
 	return n, nil
@@ -423,13 +426,14 @@ func (c *Cache) Allow(ctx context.Context, key string, limit int64, window time.
 	if err := checkTTL(window); err != nil {
 		return false, err
 	}
-	if !c.useRedis() {
+	full := c.prefix + key
+	if !c.useRedisFor(full) {
 		return true, c.unavailableErr()
 	}
 	opCtx, cancel := c.opCtx(ctx)
-	n, err := allowScript.Run(opCtx, c.rdb, []string{c.prefix + key}, max(window.Milliseconds(), 1)).Int64()
+	n, err := allowScript.Run(opCtx, c.rdb, []string{full}, max(window.Milliseconds(), 1)).Int64()
 	cancel()
-	if err = c.outcome(ctx, err); err != nil {
+	if err = c.outcomeFor(ctx, full, err); err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return true, fmt.Errorf("cachelayer: allow %s: %w", key, err)
 		}

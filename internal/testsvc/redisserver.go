@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +84,7 @@ func startRedisOnPort(t testing.TB, port int, args ...string) *RedisServer {
 		"--protected-mode", "no",
 		"--loglevel", "warning",
 		"--logfile", "redis.log",
+		"--repl-diskless-sync-delay", "0", // a replica's full sync starts at once, not after 5 s
 	}, args...)
 	t.Cleanup(s.Kill)
 	s.start()
@@ -287,17 +289,22 @@ func freeClusterPort(t testing.TB, taken map[int]bool) int {
 	return 0
 }
 
-// RedisCluster is a Redis Cluster of masters only (no replicas), each a
-// [RedisServer] on loopback, started by [StartCluster] and killed when the
-// test ends.
+// RedisCluster is a Redis Cluster, each node a [RedisServer] on loopback,
+// started by [StartCluster] (masters only) or [StartClusterReplicas] and
+// killed when the test ends.
 type RedisCluster struct {
-	// Addrs are the masters' "127.0.0.1:port" addresses.
+	// Addrs are the masters' "127.0.0.1:port" addresses at the start (as
+	// redis-cli chose them).
 	Addrs []string
 	// Servers are the master processes, in the order of Addrs; a test may
 	// Kill or Pause one to see a partial outage.
 	Servers []*RedisServer
+	// Replicas are the replica processes at the start (none for
+	// StartCluster); which master each replicates is in [RedisCluster.Nodes].
+	Replicas []*RedisServer
 
-	t testing.TB
+	t   testing.TB
+	cli string
 }
 
 // StartCluster starts masters redis-server processes in cluster mode,
@@ -307,34 +314,58 @@ type RedisCluster struct {
 // redis-server or redis-cli is missing (fails it when [Required]).
 func StartCluster(t testing.TB, masters int) *RedisCluster {
 	t.Helper()
+	return startCluster(t, masters, 0, "2000")
+}
+
+// StartClusterReplicas starts a cluster of masters with replicas replicas
+// each (cluster-node-timeout 1000 ms, so a replica takes over about 2-4 s
+// after its master dies), and waits until every node reports cluster_state:ok
+// and every replica's link to its master is up.
+//
+// Its nodes run with cluster-require-full-coverage no, as a cluster whose
+// shards should fail alone must: with Redis's default (yes) every master
+// answers CLUSTERDOWN for every key while one shard has no master.
+func StartClusterReplicas(t testing.TB, masters, replicas int) *RedisCluster {
+	t.Helper()
+	return startCluster(t, masters, replicas, "1000", "--cluster-require-full-coverage", "no")
+}
+
+func startCluster(t testing.TB, masters, replicas int, nodeTimeout string, extra ...string) *RedisCluster {
+	t.Helper()
 	if masters < 3 {
 		t.Fatalf("testsvc: StartCluster: a cluster needs at least 3 masters, not %d", masters)
 	}
 	cli := redisServerBin(t, "redis-cli")
-	c := &RedisCluster{t: t}
+	c := &RedisCluster{t: t, cli: cli}
 	taken := map[int]bool{}
-	for range masters {
-		s := startRedisOnPort(t, freeClusterPort(t, taken),
+	var all []string
+	for i := range masters * (1 + replicas) {
+		s := startRedisOnPort(t, freeClusterPort(t, taken), append([]string{
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000",
-		)
-		c.Servers = append(c.Servers, s)
-		c.Addrs = append(c.Addrs, s.Addr)
+			"--cluster-node-timeout", nodeTimeout,
+		}, extra...)...)
+		all = append(all, s.Addr)
+		if i < masters {
+			c.Servers = append(c.Servers, s)
+			c.Addrs = append(c.Addrs, s.Addr)
+		} else {
+			c.Replicas = append(c.Replicas, s)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	args := append([]string{"--cluster", "create"}, c.Addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args := append([]string{"--cluster", "create"}, all...)
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("testsvc: redis-cli --cluster create: %v\n%s", err, out)
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for _, addr := range c.Addrs {
+	for _, addr := range all {
 		for {
-			out, err := exec.CommandContext(ctx, cli, "-h", "127.0.0.1", "-p", portOf(addr), "cluster", "info").Output()
-			if err == nil && strings.Contains(string(out), "cluster_state:ok") {
+			out, err := c.cliOutput(ctx, addr, "cluster", "info")
+			if err == nil && strings.Contains(out, "cluster_state:ok") {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -343,7 +374,262 @@ func StartCluster(t testing.TB, masters int) *RedisCluster {
 			time.Sleep(50 * time.Millisecond) // polling with a deadline
 		}
 	}
+	// redis-cli chooses the masters itself: sort the processes by role.
+	if replicas > 0 {
+		nodes, err := c.Nodes(all[0])
+		if err != nil {
+			t.Fatalf("testsvc: cluster nodes: %v", err)
+		}
+		procs := append(append([]*RedisServer{}, c.Servers...), c.Replicas...)
+		c.Servers, c.Addrs, c.Replicas = nil, nil, nil
+		for _, p := range procs {
+			for _, n := range nodes {
+				if n.Addr != p.Addr {
+					continue
+				}
+				if n.MasterID == "" {
+					c.Servers = append(c.Servers, p)
+					c.Addrs = append(c.Addrs, p.Addr)
+				} else {
+					c.Replicas = append(c.Replicas, p)
+				}
+			}
+		}
+		if len(c.Servers) != masters || len(c.Replicas) != masters*replicas {
+			t.Fatalf("testsvc: cluster has %d masters and %d replicas, want %d and %d", len(c.Servers), len(c.Replicas), masters, masters*replicas)
+		}
+	}
+	for _, r := range c.Replicas {
+		r.WaitReplicating(20 * time.Second)
+	}
+	for _, m := range c.Servers {
+		m.WaitReplicasOnline(replicas, 20*time.Second)
+	}
 	return c
+}
+
+// cliOutput runs redis-cli against addr.
+func (c *RedisCluster) cliOutput(ctx context.Context, addr string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, c.cli, append([]string{"-h", "127.0.0.1", "-p", portOf(addr)}, args...)...).Output()
+	return string(out), err
+}
+
+// ClusterNode is one line of CLUSTER NODES.
+type ClusterNode struct {
+	ID, Addr string
+	Master   bool   // flags include master (and not fail)
+	Failed   bool   // flags include fail or fail?
+	MasterID string // the master a replica replicates; "" for a master
+	Slots    int    // how many slots a master serves
+}
+
+// Nodes returns the cluster's nodes as the node at addr sees them (an
+// address of any running node).
+func (c *RedisCluster) Nodes(addr string) ([]ClusterNode, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := c.cliOutput(ctx, addr, "cluster", "nodes")
+	if err != nil {
+		return nil, err
+	}
+	var nodes []ClusterNode
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		n := ClusterNode{ID: f[0], Addr: strings.Split(f[1], "@")[0]}
+		flags := f[2]
+		n.Failed = strings.Contains(flags, "fail")
+		n.Master = strings.Contains(flags, "master") && !n.Failed
+		if f[3] != "-" {
+			n.MasterID = f[3]
+		}
+		for _, r := range f[8:] {
+			if strings.HasPrefix(r, "[") {
+				continue // a slot being migrated
+			}
+			lo, hi, found := strings.Cut(r, "-")
+			a, _ := strconv.Atoi(lo)
+			b := a
+			if found {
+				b, _ = strconv.Atoi(hi)
+			}
+			n.Slots += b - a + 1
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
+// Server returns the process of the node at addr (master or replica).
+func (c *RedisCluster) Server(addr string) *RedisServer {
+	c.t.Helper()
+	for _, s := range append(append([]*RedisServer{}, c.Servers...), c.Replicas...) {
+		if s.Addr == addr {
+			return s
+		}
+	}
+	c.t.Fatalf("testsvc: no cluster node %s", addr)
+	return nil
+}
+
+// ReplicaOf returns a replica of the master at addr, as the master sees it.
+func (c *RedisCluster) ReplicaOf(masterAddr string) *RedisServer {
+	c.t.Helper()
+	nodes, err := c.Nodes(masterAddr)
+	if err != nil {
+		c.t.Fatalf("testsvc: cluster nodes: %v", err)
+	}
+	var id string
+	for _, n := range nodes {
+		if n.Addr == masterAddr {
+			id = n.ID
+		}
+	}
+	for _, n := range nodes {
+		if n.MasterID == id && id != "" {
+			return c.Server(n.Addr)
+		}
+	}
+	c.t.Fatalf("testsvc: master %s has no replica", masterAddr)
+	return nil
+}
+
+// Promote makes the replica take its master's slots at once with CLUSTER
+// FAILOVER TAKEOVER (no agreement of the other masters needed, so it works
+// while the master is dead and before the cluster marked it failed), then
+// waits up to d for every running node to see it as a master and report
+// cluster_state:ok.
+func (c *RedisCluster) Promote(replica *RedisServer, d time.Duration) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := c.cliOutput(ctx, replica.Addr, "cluster", "failover", "takeover"); err != nil || !strings.Contains(out, "OK") {
+		c.t.Fatalf("testsvc: CLUSTER FAILOVER TAKEOVER on %s: %v %s", replica.Addr, err, out)
+	}
+	c.WaitPromoted(replica.Addr, d)
+}
+
+// WaitPromoted waits up to d until every running node sees the node at
+// addr as a master serving slots and reports cluster_state:ok (the cluster's
+// own failover after a master died takes about 2-4 s with node timeout 1 s).
+func (c *RedisCluster) WaitPromoted(addr string, d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok := true
+		for _, s := range append(append([]*RedisServer{}, c.Servers...), c.Replicas...) {
+			if !s.Running() {
+				continue
+			}
+			nodes, err := c.Nodes(s.Addr)
+			if err != nil {
+				ok = false
+				break
+			}
+			seen := false
+			for _, n := range nodes {
+				if n.Addr == addr && n.Master && n.Slots > 0 {
+					seen = true
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			info, err := c.cliOutput(ctx, s.Addr, "cluster", "info")
+			cancel()
+			if !seen || err != nil || !strings.Contains(info, "cluster_state:ok") {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("testsvc: %s not a master with slots on every node after %v", addr, d)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+}
+
+// StartReplica starts a standalone redis-server that replicates primary
+// (REPLICAOF), with extra args, and waits until its link is up and the
+// initial sync is done. It is killed when t ends.
+func StartReplica(t testing.TB, primary *RedisServer, args ...string) *RedisServer {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(primary.Addr)
+	r := startRedisOnPort(t, FreePort(t), append([]string{"--replicaof", host, port}, args...)...)
+	r.WaitReplicating(20 * time.Second)
+	primary.WaitReplicasOnline(1, 20*time.Second)
+	return r
+}
+
+// WaitReplicasOnline waits up to d until the server, a master, has at least
+// n replicas that acknowledge its replication stream: after a PUBLISH
+// (replicated, but touching no key), WAIT n answers n. A replica that
+// finished its initial sync acknowledges the stream only from its first
+// REPLCONF ACK on, up to a second later; until then a WAIT after a write
+// would time out.
+func (s *RedisServer) WaitReplicasOnline(n int, d time.Duration) {
+	s.t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+	defer rdb.Close()
+	deadline := time.Now().Add(d)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		wait := redis.NewIntCmd(ctx, "wait", n, 200) // bounds each attempt: no sleep needed
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Publish(ctx, "testsvc:replication", "check")
+			return p.Process(ctx, wait)
+		})
+		cancel()
+		if err == nil && wait.Val() >= int64(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			info, _ := s.Info("replication")
+			s.t.Fatalf("testsvc: master %s has not %d replicas acknowledging after %v (%v):\n%s", s.Addr, n, d, err, info)
+		}
+	}
+}
+
+// WaitReplicating waits up to d until the server, a replica, reports
+// master_link_status:up (its initial sync done).
+func (s *RedisServer) WaitReplicating(d time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if info, err := s.Info("replication"); err == nil && strings.Contains(info, "master_link_status:up") {
+			return
+		}
+		if time.Now().After(deadline) {
+			info, _ := s.Info("replication")
+			s.t.Fatalf("testsvc: replica %s not replicating after %v:\n%s", s.Addr, d, info)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+}
+
+// Info returns the server's INFO section, on a connection of its own.
+func (s *RedisServer) Info(section string) (string, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return rdb.Info(ctx, section).Result()
+}
+
+// Promote makes a standalone replica a master (REPLICAOF NO ONE); its
+// replication id changes, as after a Sentinel failover.
+func (s *RedisServer) Promote() {
+	s.t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.ReplicaOf(ctx, "NO", "ONE").Err(); err != nil {
+		s.t.Fatalf("testsvc: REPLICAOF NO ONE on %s: %v", s.Addr, err)
+	}
 }
 
 func portOf(addr string) string {
@@ -356,11 +642,19 @@ func portOf(addr string) string {
 // to every slot's master.
 func (c *RedisCluster) Client() *redis.ClusterClient {
 	c.t.Helper()
-	cc := redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs:                 c.Addrs,
-		ContextTimeoutEnabled: true,
-		DialTimeout:           time.Second,
-	})
+	return c.ClientWith(&redis.ClusterOptions{ContextTimeoutEnabled: true, DialTimeout: time.Second})
+}
+
+// ClientWith is Client with the caller's options; Addrs defaults to the
+// masters'.
+func (c *RedisCluster) ClientWith(opts *redis.ClusterOptions) *redis.ClusterClient {
+	c.t.Helper()
+	if len(opts.Addrs) == 0 {
+		// A copy: go-redis appends to Addrs, and clients sharing one
+		// backing array race.
+		opts.Addrs = slices.Clone(c.Addrs)
+	}
+	cc := redis.NewClusterClient(opts)
 	c.t.Cleanup(func() { _ = cc.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -370,4 +664,130 @@ func (c *RedisCluster) Client() *redis.ClusterClient {
 		c.t.Fatalf("testsvc: cluster client: %v", err)
 	}
 	return cc
+}
+
+// URL returns the cluster's seed nodes in go-redis's cluster URL form,
+// redis://first?addr=second&addr=third.
+func (c *RedisCluster) URL() string {
+	u := "redis://" + c.Addrs[0]
+	for i, a := range c.Addrs[1:] {
+		sep := "&"
+		if i == 0 {
+			sep = "?"
+		}
+		u += sep + "addr=" + a
+	}
+	return u
+}
+
+// Sentinel is a redis-server in sentinel mode on a loopback port of its own,
+// monitoring one master as "mymaster" (down-after 500 ms, failover timeout
+// 2 s), started by [StartSentinel] and killed when the test ends.
+type Sentinel struct {
+	*RedisServer
+	// MasterName is the name clients use: "mymaster".
+	MasterName string
+}
+
+// StartSentinel starts a Sentinel monitoring master (quorum 1) and waits
+// until it has discovered the master's replicas.
+func StartSentinel(t testing.TB, master *RedisServer, replicas int) *Sentinel {
+	t.Helper()
+	port := FreePort(t)
+	dir := t.TempDir()
+	host, mport, _ := net.SplitHostPort(master.Addr)
+	conf := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\n"+
+		"sentinel monitor mymaster %s %s 1\n"+
+		"sentinel down-after-milliseconds mymaster 500\n"+
+		"sentinel failover-timeout mymaster 2000\n", port, dir, host, mport)
+	file := dir + "/sentinel.conf"
+	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+		t.Fatalf("testsvc: sentinel config: %v", err)
+	}
+	s := &RedisServer{
+		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		t:    t,
+		bin:  redisServerBin(t, "redis-server"),
+		dir:  dir,
+		args: []string{file, "--sentinel", "--daemonize", "no", "--loglevel", "warning", "--logfile", "sentinel.log"},
+	}
+	t.Cleanup(s.Kill)
+	s.start()
+	sn := &Sentinel{RedisServer: s, MasterName: "mymaster"}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if n, err := sn.knownReplicas(); err == nil && n >= replicas {
+			return sn
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testsvc: sentinel %s did not discover %d replicas", s.Addr, replicas)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func (s *Sentinel) client() *redis.SentinelClient {
+	return redis.NewSentinelClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second})
+}
+
+// knownReplicas is how many replicas of mymaster the Sentinel knows and
+// could promote: flags exactly "slave" (not down), link to the master ok,
+// and an INFO of their own received.
+func (s *Sentinel) knownReplicas() (int, error) {
+	sc := s.client()
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r, err := sc.Replicas(ctx, s.MasterName).Result()
+	n := 0
+	for _, rep := range r {
+		if rep["flags"] == "slave" && rep["master-link-status"] == "ok" && rep["info-refresh"] != "" && rep["role-reported"] == "slave" {
+			n++
+		}
+	}
+	return n, err
+}
+
+// MasterAddr is the address the Sentinel gives for mymaster now.
+func (s *Sentinel) MasterAddr() string {
+	s.t.Helper()
+	sc := s.client()
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a, err := sc.GetMasterAddrByName(ctx, s.MasterName).Result()
+	if err != nil || len(a) != 2 {
+		s.t.Fatalf("testsvc: sentinel master address: %v %v", a, err)
+	}
+	return net.JoinHostPort(a[0], a[1])
+}
+
+// Failover forces a failover (SENTINEL FAILOVER: a replica is promoted, the
+// old master demoted) and waits up to d until the Sentinel names another
+// master and that node reports role:master.
+func (s *Sentinel) Failover(d time.Duration) string {
+	s.t.Helper()
+	before := s.MasterAddr()
+	sc := s.client()
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := sc.Failover(ctx, s.MasterName).Err(); err != nil {
+		s.t.Fatalf("testsvc: SENTINEL FAILOVER: %v", err)
+	}
+	deadline := time.Now().Add(d)
+	for {
+		if now := s.MasterAddr(); now != before {
+			rdb := redis.NewClient(&redis.Options{Addr: now, MaxRetries: -1, DialTimeout: time.Second})
+			info, err := rdb.Info(ctx, "replication").Result()
+			rdb.Close()
+			if err == nil && strings.Contains(info, "role:master") {
+				return now
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("testsvc: sentinel failover from %s not done after %v", before, d)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
 }
