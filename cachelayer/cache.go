@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghl-agency/ghlcache/internal/redact"
-	"golang.org/x/sync/singleflight"
 )
 
 // Cache is a read-through cache in front of loaders, with Redis as the
@@ -29,10 +29,12 @@ type Cache struct {
 	log    *slog.Logger
 	br     *breaker
 
-	group  singleflight.Group // one flight per full key
-	bypass loadRounds         // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
-	rounds *getRounds         // coalesced hit-path GETs, never older than their callers
-	seq    atomic.Int64       // orders Fetch beginnings against flights' reads, loads and fills
+	group   flightGroup  // the joinable flight of each full key
+	bypass  loadRounds   // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
+	notes   fillNotifier // wakes flights waiting for another process's lease
+	leasePX any          // LeaseTTL in ms, boxed once for the read command
+	tokens  *leaseTokens // this Cache's lease placeholders
+	seq     atomic.Int64 // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
 	flights map[string]int // full keys with a running flight (for DeletePrefix)
@@ -138,8 +140,10 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 		prefix:  conf.Prefix,
 		log:     conf.Logger,
 		flights: map[string]int{},
-		rounds:  newGetRounds(),
+		leasePX: strconv.FormatInt(max(conf.LeaseTTL.Milliseconds(), 1), 10),
+		tokens:  newLeaseTokens(),
 	}
+	c.notes.channel = fillChannel(conf.Prefix)
 	c.br = &breaker{
 		threshold: conf.BreakerFailures,
 		cooldown:  conf.BreakerCooldown,
@@ -276,6 +280,7 @@ func (c *Cache) Close() error {
 		c.mu.Lock()
 		c.closed.Store(true)
 		c.mu.Unlock()
+		c.notes.close()
 		c.wg.Wait()
 		if c.owned && c.rdb != nil {
 			c.closeErr = c.rdb.Close()
