@@ -53,10 +53,10 @@ const (
 	headerValue    = formatVersion<<4 | kindValue
 	headerNotFound = formatVersion<<4 | kindNotFound
 
-	leaseMagic  = 0x00 // first byte of a lease placeholder: 0x00 'L' + token
-	leaseMark   = 'W'  // second byte of a lease a waiter has marked: 0x00 'W' + token
-	leaseLen    = 2 + 16
-	leasePlain  = 'L'
+	leaseMagic = 0x00 // first byte of a lease placeholder: 0x00 'L' + token
+	leaseMark  = 'W'  // second byte of a lease a waiter has marked: 0x00 'W' + token
+	leaseLen   = 2 + 16
+	leasePlain = 'L'
 )
 
 // entryKind is what a stored string turned out to be.

@@ -204,7 +204,7 @@ func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
 		return res
 	}
 	var (
-		f      *flight                     // the flight joined, or
+		f      *flight                    // the flight joined, or
 		round  <-chan singleflight.Result // the load round joined (flightBypass)
 		done   <-chan struct{}
 		leader = true

@@ -35,7 +35,7 @@ type fillNotifier struct {
 	ready    atomic.Bool // ps is subscribed (read without subMu on the wait path)
 	loop     sync.WaitGroup
 
-	mu      sync.Mutex                             // guards waiters
+	mu      sync.Mutex                            // guards waiters
 	waiters map[string]map[chan struct{}]struct{} // full key → wake channels of its waiting flights
 }
 
