@@ -29,12 +29,13 @@ type Cache struct {
 	log    *slog.Logger
 	br     *breaker
 
-	group   flightGroup  // the joinable flight of each full key
-	bypass  loadRounds   // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
-	notes   fillNotifier // wakes flights waiting for another process's lease
-	leasePX any          // LeaseTTL in ms, boxed once for the read command
-	tokens  *leaseTokens // this Cache's lease placeholders
-	seq     atomic.Int64 // orders Fetch beginnings against flights' reads, loads and fills
+	group     flightGroup    // the joinable flight of each full key
+	bypass    loadRounds     // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
+	notes     fillNotifier   // wakes flights waiting for another process's lease
+	leasePX   any            // LeaseTTL in ms, boxed once for the read command
+	tokens    *leaseTokens   // this Cache's lease placeholders
+	deadlines *readDeadlines // OpTimeout bounds of Fetch reads without a timer each
+	seq       atomic.Int64   // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
 	flights map[string]int // full keys with a running flight (for DeletePrefix)
@@ -134,14 +135,15 @@ type Health struct {
 func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 	conf := withDefaults(cfg)
 	c := &Cache{
-		rdb:     rdb,
-		cfg:     conf,
-		codec:   conf.Codec,
-		prefix:  conf.Prefix,
-		log:     conf.Logger,
-		flights: map[string]int{},
-		leasePX: strconv.FormatInt(max(conf.LeaseTTL.Milliseconds(), 1), 10),
-		tokens:  newLeaseTokens(),
+		rdb:       rdb,
+		cfg:       conf,
+		codec:     conf.Codec,
+		prefix:    conf.Prefix,
+		log:       conf.Logger,
+		flights:   map[string]int{},
+		leasePX:   strconv.FormatInt(max(conf.LeaseTTL.Milliseconds(), 1), 10),
+		tokens:    newLeaseTokens(),
+		deadlines: newReadDeadlines(conf.OpTimeout),
 	}
 	c.notes.channel = fillChannel(conf.Prefix)
 	c.br = &breaker{

@@ -161,12 +161,21 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 // within ctx, and returns what the key held (redis.Nil: it was empty and now
 // holds token) through outcome.
 func (c *Cache) readOrLease(ctx context.Context, full, token string) (string, error) {
-	opCtx, cancel := c.opCtx(ctx)
-	cmd := redis.NewStringCmd(opCtx, "set", full, token, "nx", "get", "px", c.leasePX)
+	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
+	r := &readArgs{full: full, token: token}
+	r.args = [...]any{"set", &r.full, &r.token, "nx", "get", "px", c.leasePX}
+	cmd := redis.NewStringCmd(opCtx, r.args[:]...)
 	_ = c.rdb.Process(opCtx, cmd)
 	cancel()
 	s, err := cmd.Result()
 	return s, c.outcome(ctx, err)
+}
+
+// readArgs holds the arguments of one read in one allocation (go-redis
+// takes *string arguments as their strings).
+type readArgs struct {
+	args        [7]any
+	full, token string
 }
 
 // Kinds of flight, and of the caller that starts or joins one.
