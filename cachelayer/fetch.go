@@ -16,14 +16,16 @@ import (
 // Fetch returns the value cached under key, or loads it with load, caches
 // it for ttl (shortened by up to Config.Jitter) and returns it.
 //
-// A hit costs one Redis GET. On a miss, the callers of one key in one
-// process share one flight: it re-checks Redis, takes a lease on the key,
-// calls load once (detached from the callers' contexts, bounded by
-// LoadTimeout), and fills the key with a compare-and-set that fails if the
-// lease was voided by Delete meanwhile — then it loads once more before
-// answering. A process that finds another's lease waits up to LeaseWait for
-// its fill. Each caller waits on its own ctx: when ctx ends, Fetch returns
-// ctx.Err() and the others still get the value.
+// A hit costs one Redis command, SET key <lease> NX GET, which returns the
+// entry and stores nothing. When it finds the key empty it has put this
+// caller's lease in it: the caller's flight (which the process's other
+// callers of the key join) calls load once (detached from the callers'
+// contexts, bounded by LoadTimeout) and fills the key with a compare-and-set
+// that fails if the lease was voided by Delete meanwhile — then it loads
+// once more before answering. A process that finds another's lease waits up
+// to LeaseWait for its fill, woken by a notification of the fill. Each
+// caller waits on its own ctx: when ctx ends, Fetch returns ctx.Err() and
+// the others still get the value.
 //
 // If Redis fails or the breaker is open, Fetch returns the loader's value
 // (shared likewise) and no error. An error of load reaches the callers of
@@ -351,7 +353,7 @@ func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, payload, key stri
 
 // safeLoad calls load, turning a panic into an error that Is [ErrLoaderPanic]
 // (logged with its stack), so that a panicking loader fails only the calls
-// that shared it: singleflight would re-raise it on a goroutine of its own,
+// that shared it: a panic on a flight's goroutine would crash the process,
 // where no caller's recovery could catch it.
 func safeLoad[T any](ctx context.Context, c *Cache, full string, load func(context.Context) (T, error)) (v T, err error) {
 	defer func() {

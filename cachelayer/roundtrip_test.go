@@ -244,3 +244,45 @@ func TestLeaseWaitWakeLatency(t *testing.T) {
 		t.Fatalf("B stats %+v", st)
 	}
 }
+
+// TestClusterLeaseWaitIsWoken: on a Redis Cluster the holder's fill (a
+// script on the key's master) wakes a waiting process subscribed on
+// whichever node: plain PUBLISH reaches every node. The waiter's re-check
+// is a minute away, so only the notification can answer it in time.
+func TestClusterLeaseWaitIsWoken(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a 3-master Redis Cluster")
+	}
+	cluster := testsvc.StartCluster(t, 3)
+	cfg := &Config{Prefix: "ghl:", OpTimeout: 2 * time.Second, LeaseWait: 4 * time.Minute, LoadTimeout: time.Minute}
+	a := New(cluster.Client(), cfg)
+	b := New(cluster.Client(), cfg)
+	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+	ctx := ctxT(t, 60*time.Second)
+	for i := range 3 { // keys on different masters
+		key := "credits:" + string(rune('0'+i)) + ":enrichment"
+		held := releaser(t)
+		loading := make(chan struct{})
+		aDone := fetchAsync(ctx, t, a, key, func(context.Context) (row, error) { close(loading); <-held.ch; return sampleRow(int64(i)), nil })
+		<-loading
+		bDone := fetchAsync(ctx, t, b, key, func(context.Context) (row, error) { t.Error("B loaded"); return row{}, nil })
+		waitFor(t, 20*time.Second, "B to mark the lease", func() bool {
+			s, _ := a.rdb.Get(ctx, a.FullKey(key)).Result()
+			return isMarked(s)
+		})
+		held.do()
+		select {
+		case v := <-bDone:
+			if v != sampleRow(int64(i)) {
+				t.Fatalf("B got %+v", v)
+			}
+		case <-time.After(30 * time.Second): // the re-check is 60 s away
+			t.Fatal("the fill did not wake the waiting process")
+		}
+		<-aDone
+	}
+	if st := b.Stats(); st.Loads != 0 || st.LeaseWaits != 3 || st.RedisErrors != 0 {
+		t.Fatalf("B stats %+v", st)
+	}
+}
