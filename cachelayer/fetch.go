@@ -257,6 +257,9 @@ func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
 		v, err := safeLoad(ctx, c, full, load)
 		return v, answered, err
 	}
+	if res.moved { // flights kept giving way: read again
+		return zero, retry, nil
+	}
 	older := res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound))
 	degradedCaller := mode == flightFallback || (mode == flightNormal && c.noCache())
 	if older && !degradedCaller {
@@ -416,6 +419,7 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		steps       int  // Redis steps taken, bounded by maxFlightSteps
 		polls       int  // re-checks while waiting without a subscription
 		recheck     bool // the next step re-checks a lease we waited for: not counted in steps
+		counted     bool // this flight counts in LeaseWaits
 	)
 	defer func() {
 		if wake != nil {
@@ -497,7 +501,8 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		}
 		// entryLease: another process (or another flight of ours) is loading.
 		own := c.tokens.owns(raw)
-		if leaseWaitTo.IsZero() && !own {
+		if !own && !counted {
+			counted = true
 			c.st.leaseWaits.Add(1)
 			if c.hookLeaseWait != nil {
 				c.hookLeaseWait(full)
@@ -506,7 +511,10 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		if leaseWaitTo.IsZero() {
 			leaseWaitTo = time.Now().Add(c.cfg.LeaseWait)
 		}
-		if wake == nil && c.notes.ensure(c) {
+		// A lease of our own: the caller whose read took it is about to
+		// replace this flight (a moment's race), so wait for that, polling
+		// Redis meanwhile without marking the lease.
+		if !own && wake == nil && c.notes.ensure(c) {
 			// Subscribed: register, then mark the lease (the next step), so
 			// that its holder's fill wakes us.
 			wake = c.notes.register(full)
@@ -518,7 +526,11 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		if own && self != nil {
 			replaced = self.replaced // the caller that took it leads a flight that replaces this one
 		}
-		switch waitLease(c, wake, replaced, leaseWaitTo, &polls) {
+		w := wake
+		if own {
+			w = nil // poll: our own fill might not publish
+		}
+		switch waitLease(c, w, replaced, leaseWaitTo, &polls) {
 		case waitTimedOut:
 			// Degraded: the holder did not fill in time; load without
 			// filling (the value may be one load-duration old, see doc.go).
