@@ -170,8 +170,22 @@ func (c *Cache) readOrLease(ctx context.Context, full, token string) (string, er
 	_ = c.rdb.Process(opCtx, cmd)
 	cancel()
 	s, err := cmd.Result()
+	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY")) {
+		// Redis refuses writes — maxmemory with noeviction refuses even a
+		// SET NX that would set nothing, a replica every write — but can
+		// still serve hits: read with GET. A miss then cannot take a lease.
+		s, err = c.getOnce(ctx, full)
+		if err == redis.Nil {
+			err = errMissNoLease
+		}
+		return s, err
+	}
 	return s, c.outcome(ctx, err)
 }
+
+// errMissNoLease is what readOrLease returns for an empty key it could not
+// lease (Redis refuses writes): a miss whose flight sorts it out.
+var errMissNoLease = errors.New("cachelayer: key empty, lease refused")
 
 // readArgs holds the arguments of one read in one allocation (go-redis
 // takes *string arguments as their strings).

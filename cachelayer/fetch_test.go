@@ -626,3 +626,37 @@ func TestFetchWithNegativeTTL(t *testing.T) {
 		t.Fatalf("negative NegativeTTL: %v, want ErrInvalid", err)
 	}
 }
+
+// TestHitsSurviveRefusedWrites: a Redis at maxmemory with noeviction
+// refuses every write, even a SET NX that would set nothing; hits are still
+// served from Redis (by a GET), and a miss still gets its loader's value.
+func TestHitsSurviveRefusedWrites(t *testing.T) {
+	t.Parallel()
+	srv := testsvc.StartRedis(t)
+	rdb := srv.Client()
+	c := cacheOn(t, rdb, nil)
+	ctx := ctxT(t, 10*time.Second)
+	if err := c.Set(ctx, "k", sampleRow(1), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "probe", "x", time.Minute).Err(); err == nil || !containsStr(err.Error(), "OOM") {
+		t.Fatalf("a write at maxmemory: %v, want an OOM error", err)
+	}
+	v, err := Fetch(ctx, c, "k", time.Minute, func(context.Context) (row, error) { t.Error("loaded a cached key"); return row{}, nil })
+	if err != nil || v != sampleRow(1) {
+		t.Fatalf("hit: %+v %v", v, err)
+	}
+	if st := c.Stats(); st.Hits != 1 || st.RedisErrors != 0 || st.Fallbacks != 0 {
+		t.Fatalf("stats after the hit %+v", st)
+	}
+	v, err = Fetch(ctx, c, "cold", time.Minute, func(context.Context) (row, error) { return sampleRow(2), nil })
+	if err != nil || v != sampleRow(2) {
+		t.Fatalf("miss: %+v %v", v, err)
+	}
+}
