@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Benchmarks against the real Redis (TEST_REDIS_URL):
@@ -171,6 +173,36 @@ func BenchmarkRawGetDecodeSpread(b *testing.B) {
 			var next atomic.Int64
 			runGoroutines(b, g, func(ctx context.Context) error {
 				data, err := rdb.Get(ctx, full[next.Add(1)%spreadKeys]).Bytes()
+				if err != nil {
+					return err
+				}
+				var v row
+				if err := json.Unmarshal(data[1:], &v); err != nil {
+					return err
+				}
+				if v.UserID != 1 {
+					return fmt.Errorf("got %+v", v)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// BenchmarkRawSetNXGetDecode is BenchmarkRawGetDecode with the command
+// Fetch reads with, SET key <lease> NX GET PX: what the read's lease costs
+// over a plain GET (the choice between them, see docs/design.md).
+func BenchmarkRawSetNXGetDecode(b *testing.B) {
+	for _, g := range benchGoroutines {
+		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
+			c, rdb := realCache(b, nil)
+			if err := c.Set(context.Background(), "bench", sampleRow(1), time.Hour); err != nil {
+				b.Fatal(err)
+			}
+			full := c.FullKey("bench")
+			token := newLeaseToken()
+			runGoroutines(b, g, func(ctx context.Context) error {
+				data, err := rdb.SetArgs(ctx, full, token, redis.SetArgs{Mode: "NX", Get: true, TTL: 3 * time.Second}).Bytes()
 				if err != nil {
 					return err
 				}
