@@ -286,3 +286,52 @@ func TestClusterLeaseWaitIsWoken(t *testing.T) {
 		t.Fatalf("B stats %+v", st)
 	}
 }
+
+// TestLeaseWaitAfterDeleteOfMarkedLease: an invalidation deletes the lease
+// a waiter had marked, so the holder's reload takes a fresh lease and its
+// fill announces nothing; the waiter's slow re-check still answers it, with
+// the value loaded after the invalidation.
+func TestLeaseWaitAfterDeleteOfMarkedLease(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 30*time.Second)
+	prefix := testsvc.Prefix(t)
+	cfg := &Config{Prefix: prefix, LeaseWait: 2 * time.Second}
+	a := cacheOn(t, testsvc.Redis(t), cfg)
+	b := cacheOn(t, testsvc.Redis(t), cfg)
+	writer := cacheOn(t, testsvc.Redis(t), cfg)
+
+	var source atomic.Int64
+	source.Store(1)
+	held := releaser(t)
+	loading := make(chan struct{}, 1)
+	var aLoads atomic.Int64
+	aDone := fetchAsync(ctx, t, a, "k", func(context.Context) (row, error) {
+		v := sampleRow(source.Load())
+		if aLoads.Add(1) == 1 {
+			loading <- struct{}{}
+			<-held.ch
+		}
+		return v, nil
+	})
+	<-loading
+	bDone := fetchAsync(ctx, t, b, "k", func(context.Context) (row, error) { return sampleRow(source.Load()), nil })
+	waitFor(t, 10*time.Second, "B to mark A's lease", func() bool {
+		s, _ := a.rdb.Get(ctx, a.FullKey("k")).Result()
+		return isMarked(s)
+	})
+	source.Store(2)                                 // a write commits...
+	if err := writer.Delete(ctx, "k"); err != nil { // ...and invalidates, marked lease and all
+		t.Fatal(err)
+	}
+	held.do()
+	if v := <-aDone; v != sampleRow(2) {
+		t.Fatalf("A got %+v, want the reload's row 2", v)
+	}
+	if v := <-bDone; v != sampleRow(2) {
+		t.Fatalf("B got %+v, want row 2 (it began before the write, but its wait must end with what the key holds after)", v)
+	}
+	if st := a.Stats(); st.StaleFillsRejected != 1 || st.Loads != 2 {
+		t.Fatalf("A stats %+v", st)
+	}
+	requireHolds(ctx, t, a, "k", sampleRow(2), "after the reload")
+}
