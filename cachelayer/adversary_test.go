@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -44,17 +45,20 @@ func TestDeleteFullOfClosedCacheIsUnavailable(t *testing.T) {
 	}
 }
 
-// failOnceClient fails its first GET as a timeout would, then behaves.
+// failOnceClient fails its first Fetch read (the SET NX GET) as a timeout
+// would, then behaves.
 type failOnceClient struct {
 	*redis.Client
 	failed atomic.Bool
 }
 
-func (f *failOnceClient) Get(ctx context.Context, key string) *redis.StringCmd {
-	if !f.failed.Swap(true) {
-		return redis.NewStringResult("", errors.New("i/o timeout (injected)"))
+func (f *failOnceClient) Process(ctx context.Context, cmd redis.Cmder) error {
+	if cmd.Name() == "set" && !f.failed.Swap(true) {
+		err := errors.New("i/o timeout (injected)")
+		cmd.SetErr(err)
+		return err
 	}
-	return f.Client.Get(ctx, key)
+	return f.Client.Process(ctx, cmd)
 }
 
 // TestFallbackFlightNotTakenByAFreshReader: one failed GET turns a flight
@@ -343,34 +347,48 @@ func TestSkipRedisNeverTakesAnOlderLoad(t *testing.T) {
 	}
 }
 
-// TestHotKeyWaitsOnceWhenRedisHangs: a reader that joins a GET round waits
-// at most OpTimeout from its own arrival, then loads — not for the GET in
-// flight and then its own round's GET. The GET in flight here hangs far
-// longer than OpTimeout (a client without ContextTimeoutEnabled on a Redis
-// that never answers).
-func TestHotKeyWaitsOnceWhenRedisHangs(t *testing.T) {
+// TestHotKeyReadersWaitOpTimeoutWhenRedisHangs: readers of one hot key on
+// a Redis that never answers each wait at most about OpTimeout for their
+// own read (no reader waits for another's read and then its own), then
+// share one fallback load.
+func TestHotKeyReadersWaitOpTimeoutWhenRedisHangs(t *testing.T) {
 	t.Parallel()
 	hole := testsvc.StartBlackHole(t)
-	rdb := redis.NewClient(&redis.Options{Addr: hole.Addr, MaxRetries: -1, ReadTimeout: 30 * time.Second, DialTimeout: time.Second})
-	c := New(rdb, &Config{Prefix: testsvc.Prefix(t), OpTimeout: 100 * time.Millisecond, Logger: (&logBuffer{}).logger()})
+	rdb := redis.NewClient(&redis.Options{Addr: hole.Addr, MaxRetries: -1, ContextTimeoutEnabled: true,
+		ReadTimeout: 30 * time.Second, DialTimeout: time.Second})
+	const opTimeout = 100 * time.Millisecond
+	c := New(rdb, &Config{Prefix: testsvc.Prefix(t), OpTimeout: opTimeout, BreakerFailures: 1000, Logger: (&logBuffer{}).logger()})
 	t.Cleanup(func() { _ = c.Close() })
-	t.Cleanup(func() { _ = rdb.Close() }) // first: unblocks the hung GETs
-	load := func(context.Context) (row, error) { return sampleRow(1), nil }
-
-	go func() { _, _ = Fetch(context.Background(), c, "k", time.Minute, load) }()
-	waitFor(t, 10*time.Second, "the first GET in flight", func() bool {
-		sh := c.rounds.shard(c.FullKey("k"))
-		sh.mu.Lock()
-		defer sh.mu.Unlock()
-		return sh.keys[c.FullKey("k")] != nil
-	})
-	ctx := ctxT(t, 5*time.Second)
-	v, err := Fetch(ctx, c, "k", time.Minute, load)
-	if err != nil || v != sampleRow(1) {
-		t.Fatalf("a reader behind a hung GET: %+v, %v; want the loader's value after OpTimeout", v, err)
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := ctxT(t, 10*time.Second)
+	held := releaser(t)
+	load := func(context.Context) (row, error) { <-held.ch; return sampleRow(1), nil }
+	const n = 8
+	joined := make(chan struct{}, n)
+	c.hookJoined = func(string) { joined <- struct{}{} }
+	results := make(chan error, n)
+	for range n {
+		go func() {
+			v, err := Fetch(ctx, c, "k", time.Minute, load)
+			if err == nil && v != sampleRow(1) {
+				err = fmt.Errorf("got %+v", v)
+			}
+			results <- err
+		}()
 	}
-	if st := c.Stats(); st.Fallbacks != 1 {
-		t.Errorf("Fallbacks %d, want 1", st.Fallbacks)
+	// Every reader's own read times out and it joins the fallback flight,
+	// whose load is held: all n join, so none waited for a read of another.
+	for range n {
+		<-joined
+	}
+	held.do()
+	for range n {
+		if err := <-results; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := c.Stats(); st.Fallbacks != n || st.Loads != 1 || st.RedisErrors != n {
+		t.Errorf("stats %+v, want %d fallbacks sharing 1 load", st, n)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,7 +15,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghl-agency/ghlcache/internal/redact"
-	"golang.org/x/sync/singleflight"
 )
 
 // Cache is a read-through cache in front of loaders, with Redis as the
@@ -32,10 +32,13 @@ type Cache struct {
 	shards *shards  // per-master breakers of a Cluster; nil otherwise
 	topo   *topology
 
-	group  singleflight.Group // one flight per full key
-	bypass loadRounds         // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
-	rounds *getRounds         // coalesced hit-path GETs, never older than their callers
-	seq    atomic.Int64       // orders Fetch beginnings against flights' reads, loads and fills
+	group     flightGroup    // the joinable flight of each full key
+	bypass    loadRounds     // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
+	notes     fillNotifier   // wakes flights waiting for another process's lease
+	leasePX   any            // LeaseTTL in ms, boxed once for the read command
+	tokens    *leaseTokens   // this Cache's lease placeholders
+	deadlines *readDeadlines // OpTimeout bounds of Fetch reads without a timer each
+	seq       atomic.Int64   // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
 	flights map[string]int // full keys with a running flight (for DeletePrefix)
@@ -148,14 +151,17 @@ type Health struct {
 func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 	conf := withDefaults(cfg)
 	c := &Cache{
-		rdb:     rdb,
-		cfg:     conf,
-		codec:   conf.Codec,
-		prefix:  conf.Prefix,
-		log:     conf.Logger,
-		flights: map[string]int{},
-		rounds:  newGetRounds(),
+		rdb:       rdb,
+		cfg:       conf,
+		codec:     conf.Codec,
+		prefix:    conf.Prefix,
+		log:       conf.Logger,
+		flights:   map[string]int{},
+		leasePX:   strconv.FormatInt(max(conf.LeaseTTL.Milliseconds(), 1), 10),
+		tokens:    newLeaseTokens(),
+		deadlines: newReadDeadlines(conf.OpTimeout),
 	}
+	c.notes.channel = fillChannel(conf.Prefix)
 	c.br = c.newBreaker(conf.Logger)
 	if rdb != nil && !contextTimeoutEnabled(rdb) {
 		c.log.Warn("cachelayer: redis client lacks ContextTimeoutEnabled; a hung Redis can stall reads beyond OpTimeout",
@@ -405,6 +411,7 @@ func (c *Cache) Close() error {
 		c.mu.Lock()
 		c.closed.Store(true)
 		c.mu.Unlock()
+		c.notes.close()
 		c.wg.Wait()
 		if c.owned && c.rdb != nil {
 			c.closeErr = c.rdb.Close()

@@ -6,7 +6,7 @@
 // # What it promises
 //
 //   - One load per key per process: concurrent Fetch calls of a key share one
-//     flight (golang.org/x/sync/singleflight), also when Redis is down and
+//     flight (a singleflight of this package's own), also when Redis is down and
 //     for reads that skip Redis (FetchOptions.SkipRedis, used while a key's
 //     invalidation is pending). The load runs detached from the callers, each
 //     load bounded by Config.LoadTimeout of its own; each caller waits on its
@@ -19,11 +19,17 @@
 //     (the first the loaded value, the others copies decoded from the codec
 //     bytes), so one request changing a slice or map of its answer changes
 //     no other's.
-//   - One load per key across processes: on a miss a process takes a lease
-//     held in the key itself (a placeholder that can never decode as a value;
-//     works on Redis Cluster without hash tags). Only the holder loads; the
-//     others wait up to Config.LeaseWait for its fill, then load without
-//     filling.
+//   - One load per key across processes: the read itself takes the lease.
+//     Every Fetch read is one command, SET key <lease> NX GET PX LeaseTTL:
+//     it returns a value (a hit: one round trip), another's lease, or nil —
+//     the key was empty and now holds this caller's lease (a placeholder held
+//     in the key, which can never decode as a value; works on Redis Cluster
+//     without hash tags). Only the holder loads, and fills at once: a miss is
+//     two round trips and one load. The others wait up to Config.LeaseWait
+//     for its fill, then load without filling. A waiting process does not
+//     poll: it marks the lease "has waiters" (one round trip) and the
+//     holder's fill script publishes the key to the Cache's one lazily made
+//     subscription; a slow re-check (LeaseWait/4) covers a lost message.
 //   - No stale set, no stale read: the fill is a compare-and-set that succeeds
 //     only while the holder's lease is still in the key. While the load
 //     runs, its holder renews the lease (every LeaseTTL/3), so a load slower
@@ -37,19 +43,17 @@
 //     whose own Redis read succeeded never takes an answer whose source (a
 //     Redis read, a fill, a load — fallback loads of its process included)
 //     began before the read did; it starts over instead.
-//   - Hot keys are cheap: concurrent hits of one key in one process share
-//     GETs, but a caller only shares a GET sent after it arrived (callers
-//     that arrive while one is in flight gather for the next), so a hot key
-//     costs at most one GET in flight per process without any stale reply.
-//     In degraded modes — the breaker open, the read's own GET failing, or
+//   - No shared replies: every Fetch sends its own read (no goroutine or
+//     channel per read), so no caller gets a reply to a read sent before it
+//     arrived. In degraded modes — the breaker open, the read failing, or
 //     no-cache mode — a read is served by a load shared only within the
 //     process and may return a value loaded at most one load duration before
 //     it began. A read whose flight exhausted its lease wait loads without
 //     Redis (shared, and never older than the read).
 //   - Bounded latency: with a Cache from [Open], a read waits on Redis at
-//     most Config.OpTimeout from its own arrival, also when it waits for a
-//     GET shared with other readers of a hot key (a cache from [New] only if
-//     its client has ContextTimeoutEnabled). Redis failures are never read failures: the
+//     most Config.OpTimeout (a cache from [New] only if its client has
+//     ContextTimeoutEnabled; a read whose ctx can never be cancelled waits
+//     for a pooled connection at most OpTimeout/16 longer). Redis failures are never read failures: the
 //     read falls back to its loader. After Config.BreakerFailures consecutive
 //     failures a circuit breaker skips Redis; after Config.BreakerCooldown
 //     one probe goes through, and success closes it. Recovery is automatic.

@@ -3,9 +3,11 @@ package cachelayer
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // Codec turns values into bytes and back. Implementations must be safe for
@@ -38,7 +40,8 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 // Entry format. Every string this package stores under a cache key starts
 // with one header byte: the high nibble is the format version, the low
 // nibble the kind. A lease placeholder starts with a zero byte, which is no
-// header of any version, so it can never be mistaken for a value. An entry of
+// header of any version, so it can never be mistaken for a value; its second
+// byte says whether a process waits for its fill ('W') or not ('L'). An entry of
 // another version (after a deploy that changes the format) is undecodable:
 // Fetch replaces it, Get reports it.
 const (
@@ -51,7 +54,9 @@ const (
 	headerNotFound = formatVersion<<4 | kindNotFound
 
 	leaseMagic = 0x00 // first byte of a lease placeholder: 0x00 'L' + token
+	leaseMark  = 'W'  // second byte of a lease a waiter has marked: 0x00 'W' + token
 	leaseLen   = 2 + 16
+	leasePlain = 'L'
 )
 
 // entryKind is what a stored string turned out to be.
@@ -80,7 +85,7 @@ func classify(s string) (entryKind, string) {
 			return entryNotFound, ""
 		}
 	case leaseMagic:
-		if len(s) == leaseLen && s[1] == 'L' {
+		if len(s) == leaseLen && (s[1] == leasePlain || s[1] == leaseMark) {
 			return entryLease, ""
 		}
 	}
@@ -119,11 +124,43 @@ func encodeValue(codec Codec, v any) ([]byte, error) {
 // notFoundEntry is the stored not-found marker.
 var notFoundEntry = string([]byte{headerNotFound})
 
-// newLeaseToken returns a fresh lease placeholder: 0x00 'L' + 16 random
-// bytes, so two leases never compare equal.
-func newLeaseToken() string {
+// leaseTokens makes the lease tokens of one Cache: a random base, which
+// makes them differ from every other Cache's (and process's), and a counter,
+// which makes each differ from the others. Every Fetch read carries one
+// (most are never stored), so it costs no system call.
+type leaseTokens struct {
+	base [8]byte
+	seq  atomic.Uint64
+}
+
+func newLeaseTokens() *leaseTokens {
+	t := &leaseTokens{}
+	_, _ = rand.Read(t.base[:]) // never fails (crypto/rand panics instead)
+	return t
+}
+
+// next returns a fresh lease placeholder: 0x00 'L' + base + counter.
+func (t *leaseTokens) next() string {
 	var b [leaseLen]byte
-	b[0], b[1] = leaseMagic, 'L'
-	_, _ = rand.Read(b[2:]) // never fails (crypto/rand panics instead)
+	b[0], b[1] = leaseMagic, leasePlain
+	copy(b[2:10], t.base[:])
+	binary.LittleEndian.PutUint64(b[10:], t.seq.Add(1))
 	return string(b[:])
 }
+
+// owns reports whether lease is a placeholder t made.
+func (t *leaseTokens) owns(lease string) bool {
+	return len(lease) == leaseLen && lease[2:10] == string(t.base[:])
+}
+
+// newLeaseToken returns a lease placeholder of no Cache (16 random bytes).
+func newLeaseToken() string {
+	var b [leaseLen]byte
+	b[0], b[1] = leaseMagic, leasePlain
+	_, _ = rand.Read(b[2:])
+	return string(b[:])
+}
+
+// isMarked reports whether a lease placeholder carries the "has waiters"
+// mark.
+func isMarked(lease string) bool { return len(lease) == leaseLen && lease[1] == leaseMark }

@@ -31,8 +31,25 @@ func TestEntryKinds(t *testing.T) {
 	if a, b := newLeaseToken(), newLeaseToken(); a == b {
 		t.Fatal("two leases compare equal")
 	}
+	// A Cache's own tokens: unique, recognised as its own, and leases
+	// whether or not a waiter has marked them.
+	mine, theirs := newLeaseTokens(), newLeaseTokens()
+	seen := map[string]bool{}
+	for range 1000 {
+		tok := mine.next()
+		marked := "\x00W" + tok[2:]
+		if seen[tok] || !mine.owns(tok) || !mine.owns(marked) || theirs.owns(tok) || isMarked(tok) || !isMarked(marked) {
+			t.Fatalf("token %q: repeated, or ownership/mark wrong", tok)
+		}
+		seen[tok] = true
+		for _, l := range []string{tok, marked} {
+			if kind, _ := decodeEntry(codec, l, &got); kind != entryLease {
+				t.Fatalf("lease %q decoded as %v", l, kind)
+			}
+		}
+	}
 	corrupt := []string{
-		"", "x", "\x11{", "\x11", string(notFoundEntry) + "x", "\x00L", "\x00Lshort",
+		"", "x", "\x11{", "\x11", string(notFoundEntry) + "x", "\x00L", "\x00Lshort", "\x00Wshort", "\x00X" + strings.Repeat("a", 16),
 		"\x21" + string(b[1:]), // another format version
 		"42",                   // a counter
 		"\x13{}",               // unknown kind

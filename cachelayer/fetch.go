@@ -16,14 +16,16 @@ import (
 // Fetch returns the value cached under key, or loads it with load, caches
 // it for ttl (shortened by up to Config.Jitter) and returns it.
 //
-// A hit costs one Redis GET. On a miss, the callers of one key in one
-// process share one flight: it re-checks Redis, takes a lease on the key,
-// calls load once (detached from the callers' contexts, bounded by
-// LoadTimeout), and fills the key with a compare-and-set that fails if the
-// lease was voided by Delete meanwhile — then it loads once more before
-// answering. A process that finds another's lease waits up to LeaseWait for
-// its fill. Each caller waits on its own ctx: when ctx ends, Fetch returns
-// ctx.Err() and the others still get the value.
+// A hit costs one Redis command, SET key <lease> NX GET, which returns the
+// entry and stores nothing. When it finds the key empty it has put this
+// caller's lease in it: the caller's flight (which the process's other
+// callers of the key join) calls load once (detached from the callers'
+// contexts, bounded by LoadTimeout) and fills the key with a compare-and-set
+// that fails if the lease was voided by Delete meanwhile — then it loads
+// once more before answering. A process that finds another's lease waits up
+// to LeaseWait for its fill, woken by a notification of the fill. Each
+// caller waits on its own ctx: when ctx ends, Fetch returns ctx.Err() and
+// the others still get the value.
 //
 // If Redis fails or the breaker is open, Fetch returns the loader's value
 // (shared likewise) and no error. An error of load reaches the callers of
@@ -99,57 +101,97 @@ const (
 // fetchOnce is one attempt of FetchWith. It asks for a retry when the
 // flight it joined answered with a value read or loaded before begin (a
 // flight that was already running when this caller's read found the key
-// empty): that value may predate an invalidation another process completed
-// before this read began, so the caller starts over — unless its own Redis
-// read failed, when any answer of its flight will do (degraded mode). count
-// says whether this attempt counts in Hits and Misses (the first of a call
-// does). skip serves the call without Redis (FetchOptions.SkipRedis, or a
-// retry after a flight that could not use Redis's lease).
+// held by a lease): that value may predate an invalidation another process
+// completed before this read began, so the caller starts over — unless its
+// own Redis read failed, when any answer of its flight will do (degraded
+// mode). count says whether this attempt counts in Hits and Misses (the
+// first of a call does). skip serves the call without Redis
+// (FetchOptions.SkipRedis, or a retry after a flight that could not use
+// Redis's lease).
+//
+// The read is one command, SET key <lease> NX GET PX LeaseTTL: it returns a
+// value or marker (a hit), another lease (someone is loading: join or start
+// the flight that waits for it), or nil — the key was empty and now holds
+// this caller's lease, so the caller leads a new flight that loads at once
+// and fills under that lease. A miss is therefore this read, the load and
+// the fill; a hit is the read alone.
 func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negTTL time.Duration,
 	load func(context.Context) (T, error), begin int64, count bool, skip bool) (_ T, next int, _ error) {
 	var zero T
 	if skip {
-		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, flightBypass)
+		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, flightStart{mode: flightBypass})
 	}
-	hit, miss := func() {
-		if count {
-			c.st.hits.Add(1)
-		}
-	}, func() {
-		if count {
-			c.st.misses.Add(1)
-		}
-	}
-	mode := flightNormal
+	start := flightStart{mode: flightNormal}
 	if !c.noCache() {
 		if c.breakerFor(full).allow() {
-			s, err := c.rounds.get(ctx, c, full)
+			token := c.tokens.next()
+			sent := time.Now()
+			s, err := c.readOrLease(ctx, full, token)
 			switch {
 			case err == nil:
 				var v T
-				switch kind, _ := decodeEntry(c.codec, s, &v); kind {
-				case entryValue:
-					hit()
+				kind, _ := decodeEntry(c.codec, s, &v)
+				if kind == entryValue || kind == entryNotFound {
+					if count {
+						c.st.hits.Add(1)
+					}
+					if kind == entryNotFound {
+						return zero, answered, &notFoundError{key: key}
+					}
 					return v, answered, nil
-				case entryNotFound:
-					hit()
-					return zero, answered, &notFoundError{key: key}
 				}
-				miss() // a lease or an undecodable entry: the flight sorts it out
-			case err == redis.Nil:
-				miss()
+				start.found = s // a lease or an undecodable entry: the flight sorts it out
+			case err == redis.Nil: // the key was empty: our lease is in it
+				start.lease, start.leaseSent = token, sent
 			case errors.Is(err, ErrUnavailable):
-				mode = flightFallback
+				start.mode = flightFallback
 			case ctx.Err() != nil:
 				return zero, answered, ctx.Err()
 			default: // an error reply such as WRONGTYPE: the flight heals the key
-				miss()
+			}
+			if count && start.mode == flightNormal {
+				c.st.misses.Add(1)
 			}
 		} else {
-			mode = flightFallback // breaker open
+			start.mode = flightFallback // breaker open
 		}
 	}
-	return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, mode)
+	return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, start)
+}
+
+// readOrLease sends SET full token NX GET PX LeaseTTL, bounded by OpTimeout
+// within ctx, and returns what the key held (redis.Nil: it was empty and now
+// holds token) through outcome.
+func (c *Cache) readOrLease(ctx context.Context, full, token string) (string, error) {
+	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
+	r := &readArgs{full: full, token: token}
+	r.args = [...]any{"set", &r.full, &r.token, "nx", "get", "px", c.leasePX}
+	cmd := redis.NewStringCmd(opCtx, r.args[:]...)
+	_ = c.rdb.Process(opCtx, cmd)
+	cancel()
+	s, err := cmd.Result()
+	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY")) {
+		// Redis refuses writes — maxmemory with noeviction refuses even a
+		// SET NX that would set nothing, a replica every write — but can
+		// still serve hits: read with GET. A miss then cannot take a lease.
+		s, err = c.getOnce(ctx, full)
+		if err == redis.Nil {
+			err = errMissNoLease
+		}
+		return s, err
+	}
+	return s, c.outcomeFor(ctx, full, err)
+}
+
+// errMissNoLease is what readOrLease returns for an empty key it could not
+// lease (Redis refuses writes): a miss whose flight sorts it out.
+var errMissNoLease = errors.New("cachelayer: key empty, lease refused")
+
+// readArgs holds the arguments of one read in one allocation (go-redis
+// takes *string arguments as their strings).
+type readArgs struct {
+	args        [7]any
+	full, token string
 }
 
 // Kinds of flight, and of the caller that starts or joins one.
@@ -159,62 +201,94 @@ const (
 	flightBypass          // SkipRedis: load only, in a group of its own (never answered from Redis)
 )
 
+// flightStart is what a caller's read hands to the flight it starts.
+type flightStart struct {
+	mode      int
+	lease     string    // the caller's read put this lease in the key: load and fill at once
+	leaseSent time.Time // when that read was sent (the lease lives at least LeaseTTL from then)
+	found     string    // else what the read found (a lease, an undecodable entry), if anything
+}
+
 // joinFlight starts or joins the flight of full (a load round for
-// flightBypass, see loadRounds) and waits for its
-// answer on ctx. mode is what the caller's own read found (see the flight
-// kinds); only a flightFallback caller, or a plain read in no-cache mode,
-// takes an answer whose source began before the caller did (degraded
-// modes, see doc.go); a SkipRedis read never does.
+// flightBypass, see loadRounds) and waits for its answer on ctx. A caller
+// whose read took a lease leads a new flight; others join the key's flight
+// (see flightGroup). start.mode is what the caller's own read found (see
+// the flight kinds); only a flightFallback caller, or a plain read in
+// no-cache mode, takes an answer whose source began before the caller did
+// (degraded modes, see doc.go); a SkipRedis read never does.
 func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
-	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, mode int) (_ T, next int, _ error) {
+	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, start flightStart) (_ T, next int, _ error) {
 	var zero T
-	if err := ctx.Err(); err != nil {
+	mode := start.mode
+	if err := ctx.Err(); err != nil && start.lease == "" {
 		return zero, answered, err
 	}
-	run := func() *flightResult[T] {
-		res := runFlight(c, full, key, ttl, negTTL, load, mode)
+	run := func(self *flight) any {
+		res := runFlight(c, self, full, key, ttl, negTTL, load, start)
 		res.prepare()
 		return res
 	}
-	var ch <-chan singleflight.Result
-	leader := false
-	if mode == flightBypass {
-		ch, leader = c.bypass.join(full, func() any { return run() })
-	} else {
-		ch = c.group.DoChan(full, func() (any, error) {
-			leader = true // set only if our closure is the one that runs
-			return run(), nil
-		})
+	var (
+		f      *flight                    // the flight joined, or
+		round  <-chan singleflight.Result // the load round joined (flightBypass)
+		done   <-chan struct{}
+		leader = true
+	)
+	switch {
+	case mode == flightBypass:
+		round, leader = c.bypass.join(full, func() any { return run(nil) })
+	case start.lease != "":
+		f = c.group.lead(full, run)
+		done = f.done
+	default:
+		f, leader = c.group.join(full, run)
+		done = f.done
 	}
 	if c.hookJoined != nil {
 		c.hookJoined(full)
 	}
-	select {
-	case <-ctx.Done():
-		return zero, answered, ctx.Err()
-	case r := <-ch:
-		res, ok := r.Val.(*flightResult[T])
-		if !ok { // a flight of the same key with another T: not ours to share
-			c.st.loads.Add(1)
-			v, err := safeLoad(ctx, c, full, load)
-			return v, answered, err
+	var val any
+	for moves := 0; ; moves++ {
+		select {
+		case <-ctx.Done():
+			return zero, answered, ctx.Err()
+		case r := <-round:
+			val = r.Val
+		case <-done:
+			val = f.res
 		}
-		older := res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound))
-		degradedCaller := mode == flightFallback || (mode == flightNormal && c.noCache())
-		if older && !degradedCaller {
-			if res.degraded {
-				return zero, retryWithoutRedis, nil
-			}
-			return zero, retry, nil
+		if r, ok := val.(*flightResult[T]); !ok || !r.moved || moves >= maxFlightSteps {
+			break
 		}
-		if !leader && res.loaded {
-			c.st.loadsShared.Add(1)
-		}
-		if mode == flightFallback || res.fallback {
-			c.st.fallbacks.Add(1)
-		}
-		return res.value(), answered, res.err
+		// The flight found this process's lease and gave way to the flight
+		// that holds it: wait for that one instead.
+		f, leader = c.group.join(full, run)
+		done = f.done
 	}
+	res, ok := val.(*flightResult[T])
+	if !ok { // a flight of the same key with another T: not ours to share
+		c.st.loads.Add(1)
+		v, err := safeLoad(ctx, c, full, load)
+		return v, answered, err
+	}
+	if res.moved { // flights kept giving way: read again
+		return zero, retry, nil
+	}
+	older := res.src < begin && (res.err == nil || errors.Is(res.err, ErrNotFound))
+	degradedCaller := mode == flightFallback || (mode == flightNormal && c.noCache())
+	if older && !degradedCaller {
+		if res.degraded {
+			return zero, retryWithoutRedis, nil
+		}
+		return zero, retry, nil
+	}
+	if !leader && res.loaded {
+		c.st.loadsShared.Add(1)
+	}
+	if mode == flightFallback || res.fallback {
+		c.st.fallbacks.Add(1)
+	}
+	return res.value(), answered, res.err
 }
 
 // getOnce sends one GET of full, bounded by OpTimeout within ctx, and
@@ -233,6 +307,7 @@ type flightResult[T any] struct {
 	v        T
 	err      error
 	loaded   bool // the answer came from a load (not from Redis)
+	moved    bool // no answer: the flight gave way to the newer flight of its key, which holds the lease it found
 	fallback bool // the load ran because Redis failed or the breaker was open
 	degraded bool // the load ran without a lease (lease wait exhausted, entries changing): not fillable
 	// src orders the answer's source against callers' beginnings (Cache.seq):
@@ -295,7 +370,7 @@ func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, payload, key stri
 
 // safeLoad calls load, turning a panic into an error that Is [ErrLoaderPanic]
 // (logged with its stack), so that a panicking loader fails only the calls
-// that shared it: singleflight would re-raise it on a goroutine of its own,
+// that shared it: a panic on a flight's goroutine would crash the process,
 // where no caller's recovery could catch it.
 func safeLoad[T any](ctx context.Context, c *Cache, full string, load func(context.Context) (T, error)) (v T, err error) {
 	defer func() {
@@ -309,18 +384,14 @@ func safeLoad[T any](ctx context.Context, c *Cache, full string, load func(conte
 	return load(ctx)
 }
 
-// Limits of one flight's loop.
-const (
-	maxReloads     = 1 // loads after a rejected fill, before answering anyway
-	maxFlightSteps = 8 // lease attempts (corrupt entries, vanished leases) before loading without Redis
-)
-
-// runFlight is the body of the one flight of full in this process (of its
-// group). It runs detached from every caller. Each load gets a context of
-// its own, bounded by LoadTimeout, so a reload after a rejected fill has as
-// long as the first load had; Redis calls are bounded by OpTimeout each.
-func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
-	load func(context.Context) (T, error), mode int) *flightResult[T] {
+// runFlight is the body of a flight of full in this process. It runs
+// detached from every caller. Each load gets a context of its own, bounded
+// by LoadTimeout, so a reload after a rejected fill has as long as the first
+// load had; Redis calls are bounded by OpTimeout each. start is what the
+// read of the caller that started it found: its own lease (load at once),
+// another's lease or an undecodable entry (the first step deals with it).
+func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time.Duration,
+	load func(context.Context) (T, error), start flightStart) *flightResult[T] {
 	ctx := context.Background()
 	res := &flightResult[T]{codec: c.codec}
 	loadOnce := func() {
@@ -344,11 +415,11 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 	}
 
 	switch {
-	case mode == flightBypass:
+	case start.mode == flightBypass:
 		loadOnce()
 		return res
-	case mode == flightFallback || c.noCache() || !c.enter():
-		return fallback()
+	case start.mode == flightFallback || c.noCache() || !c.enter():
+		return fallback() // a lease the caller's read took expires by itself
 	}
 	defer c.wg.Done()
 	c.trackFlight(full, 1)
@@ -357,20 +428,53 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 	var (
 		expect      *string   // an undecodable entry the next lease may replace
 		leaseWaitTo time.Time // deadline of waiting for another's lease; zero: not waiting
+		wake        chan struct{}
 		reloads     int
+		steps       int  // Redis steps taken, bounded by maxFlightSteps
+		polls       int  // re-checks while waiting without a subscription
+		recheck     bool // the next step re-checks a lease we waited for: not counted in steps
+		counted     bool // this flight counts in LeaseWaits
 	)
-	for range maxFlightSteps {
-		if !c.breakerFor(full).allow() {
-			return fallback()
+	defer func() {
+		if wake != nil {
+			c.notes.unregister(full, wake)
 		}
-		token := newLeaseToken()
-		sent := c.seq.Add(1)
-		leaseSent := time.Now()
-		got, raw, err := c.acquire(ctx, full, token, expect)
-		expect = nil
-		if err != nil {
-			return fallback() // failure counted by acquire
+	}()
+	first := true
+	for {
+		var (
+			got       int
+			raw       string
+			token     string
+			sent      int64
+			leaseSent time.Time
+		)
+		switch {
+		case first && start.lease != "":
+			got, token, leaseSent = leaseTaken, start.lease, start.leaseSent
+		case first && start.found != "":
+			got, raw = leaseFound, start.found
+		default:
+			if !recheck {
+				if steps++; steps > maxFlightSteps {
+					return degraded() // entries changing under us: load without filling
+				}
+			}
+			recheck = false
+			if !c.breakerFor(full).allow() {
+				return fallback()
+			}
+			token = c.tokens.next()
+			sent = c.seq.Add(1)
+			leaseSent = time.Now()
+			var err error
+			got, raw, err = c.step(ctx, full, token, expect, wake != nil)
+			expect = nil
+			if err != nil {
+				return fallback() // failure counted by step
+			}
 		}
+		first = false
 		switch got {
 		case leaseHealed:
 			c.st.corrupt.Add(1)
@@ -398,6 +502,9 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 		kind, _ := decodeEntry(c.codec, raw, &v)
 		switch kind {
 		case entryValue, entryNotFound:
+			if sent == 0 { // found by the caller's read, which counts as its source
+				sent = c.seq.Add(1)
+			}
 			_, payload := classify(raw)
 			res.answerFromRedis(kind, v, payload, key, sent)
 			return res
@@ -406,106 +513,119 @@ func runFlight[T any](c *Cache, full, key string, ttl, negTTL time.Duration,
 			expect = &raw
 			continue
 		}
-		// entryLease: another process is loading.
-		if leaseWaitTo.IsZero() {
+		// entryLease: another process (or another flight of ours) is loading.
+		own := c.tokens.owns(raw)
+		if !own && !counted {
+			counted = true
 			c.st.leaseWaits.Add(1)
-			leaseWaitTo = time.Now().Add(c.cfg.LeaseWait)
 			if c.hookLeaseWait != nil {
 				c.hookLeaseWait(full)
 			}
 		}
-		switch waitLease(c, ctx, full, key, leaseWaitTo, res) {
-		case waitAnswered:
-			return res
+		if leaseWaitTo.IsZero() {
+			leaseWaitTo = time.Now().Add(c.cfg.LeaseWait)
+		}
+		// A lease of our own: the caller whose read took it is about to
+		// replace this flight (a moment's race), so wait for that, polling
+		// Redis meanwhile without marking the lease.
+		if !own && wake == nil && c.notes.ensure(c) {
+			// Subscribed: register, then mark the lease (the next step), so
+			// that its holder's fill wakes us.
+			wake = c.notes.register(full)
+			if !isMarked(raw) {
+				continue
+			}
+		}
+		var replaced chan struct{}
+		if own && self != nil {
+			replaced = self.replaced // the caller that took it leads a flight that replaces this one
+		}
+		w := wake
+		if own {
+			w = nil // poll: our own fill might not publish
+		}
+		switch waitLease(c, w, replaced, leaseWaitTo, &polls) {
 		case waitTimedOut:
 			// Degraded: the holder did not fill in time; load without
 			// filling (the value may be one load-duration old, see doc.go).
 			return degraded()
+		case waitReplaced:
+			res.moved = true
+			return res
 		}
+		recheck = true
 	}
-	return degraded() // too many steps (entries changing under us): load without filling
 }
+
+// Limits of one flight's loop.
+const (
+	maxReloads     = 1 // loads after a rejected fill, before answering anyway
+	maxFlightSteps = 8 // Redis steps other than lease re-checks (corrupt entries, vanished leases) before loading without Redis
+)
+
+// leaseRecheck is how often a flight subscribed to fill notifications
+// re-reads a key whose lease it waits for, in case a notification was lost
+// (a reconnect of the subscription, a Delete of the marked lease): a quarter
+// of LeaseWait.
+func (c *Cache) leaseRecheck() time.Duration { return max(c.cfg.LeaseWait/4, time.Millisecond) }
 
 // Outcomes of waitLease.
 const (
-	waitAnswered = iota // res holds the fill or a marker
-	waitRecheck         // the lease is gone (or Redis failed): take the next step
-	waitTimedOut        // LeaseWait (or the load's deadline) passed
+	waitRecheck  = iota // read the key again
+	waitTimedOut        // LeaseWait passed
+	waitReplaced        // a newer flight of the key (holding the lease) replaced this one
 )
 
-// waitLease polls full with backoff until the lease there is replaced or
-// deadline passes.
-func waitLease[T any](c *Cache, ctx context.Context, full, key string, deadline time.Time, res *flightResult[T]) int {
-	backoff := 5 * time.Millisecond
-	for {
-		wait := min(backoff, time.Until(deadline))
-		if wait <= 0 {
+// waitLease waits until a flight waiting for a lease should read the key
+// again: woken by a fill notification (wake, when subscribed), at the next
+// slow re-check, or — without a subscription — after a polling backoff
+// (5 ms doubling to 50 ms; polls counts them). It returns waitTimedOut once
+// deadline has passed, and waitReplaced when replaced (nil unless the lease
+// is this process's own) is closed.
+func waitLease(c *Cache, wake, replaced chan struct{}, deadline time.Time, polls *int) int {
+	left := time.Until(deadline)
+	if left <= 0 {
+		return waitTimedOut
+	}
+	wait := c.leaseRecheck()
+	if wake == nil {
+		wait = min(5*time.Millisecond<<min(*polls, 4), 50*time.Millisecond)
+		*polls++
+	}
+	t := time.NewTimer(min(wait, left))
+	defer t.Stop()
+	select {
+	case <-replaced:
+		return waitReplaced
+	case <-wake: // nil without a subscription: never ready
+	case <-t.C:
+		if !time.Now().Before(deadline) {
 			return waitTimedOut
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return waitTimedOut
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 50*time.Millisecond)
-
-		if !c.breakerFor(full).allow() {
-			return waitRecheck // the flight falls back
-		}
-		sent := c.seq.Add(1)
-		opCtx, cancel := c.opCtx(ctx)
-		s, err := c.rdb.Get(opCtx, full).Result()
-		cancel()
-		if err = c.outcomeFor(ctx, full, err); err != nil {
-			return waitRecheck // gone (redis.Nil), or failed: the next step decides
-		}
-		var v T
-		switch kind, _ := decodeEntry(c.codec, s, &v); kind {
-		case entryValue, entryNotFound:
-			_, payload := classify(s)
-			res.answerFromRedis(kind, v, payload, key, sent)
-			return waitAnswered
-		case entryCorrupt:
-			return waitRecheck
 		}
 	}
+	return waitRecheck
 }
 
-// Results of acquire.
+// Results of step.
 const (
 	leaseTaken  = iota // the key was empty (or held the expected entry); our lease is in it
 	leaseHealed        // the key held another type (e.g. a hash); replaced by our lease
 	leaseFound         // the key holds an entry, returned as raw
 )
 
-// acquireScript returns the key's string if it holds one (other than the
-// expected undecodable entry ARGV[4], when ARGV[3] is "1"), else puts the
-// lease ARGV[1] in it for ARGV[2] ms. A key of another type is replaced.
-var acquireScript = redis.NewScript(`
-local ok, v = pcall(redis.call, 'GET', KEYS[1])
-if not ok then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {1}
-end
-if v and not (ARGV[3] == '1' and v == ARGV[4]) then
-  return {2, v}
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {0}
-`)
-
-// acquire re-checks full and takes a lease on it unless it holds an entry.
+// step re-checks full and takes a lease on it unless it holds an entry
+// (see stepScript); with mark, a plain lease found is marked "has waiters".
 // An error it returns Is ErrUnavailable (or is the context's).
-func (c *Cache) acquire(ctx context.Context, full, token string, expect *string) (int, string, error) {
-	mode, exp := "0", ""
+func (c *Cache) step(ctx context.Context, full, token string, expect *string, mark bool) (int, string, error) {
+	mode, exp, m := "0", "", "0"
 	if expect != nil {
 		mode, exp = "1", *expect
 	}
+	if mark {
+		m = "1"
+	}
 	opCtx, cancel := c.opCtx(ctx)
-	r, err := acquireScript.Run(opCtx, c.rdb, []string{full}, token, c.cfg.LeaseTTL.Milliseconds(), mode, exp).Slice()
+	r, err := stepScript.Run(opCtx, c.rdb, []string{full}, token, c.cfg.LeaseTTL.Milliseconds(), mode, exp, m).Slice()
 	cancel()
 	if err = c.outcomeFor(ctx, full, err); err != nil {
 		if !errors.Is(err, ErrUnavailable) {
@@ -529,26 +649,6 @@ func (c *Cache) acquire(ctx context.Context, full, token string, expect *string)
 	s, _ := r[1].(string)
 	return leaseFound, s, nil
 }
-
-// fillScript replaces the lease ARGV[1] by the entry ARGV[2] for ARGV[3] ms,
-// only while the lease is there; returns 1 if it did.
-var fillScript = redis.NewScript(`
-local ok, v = pcall(redis.call, 'GET', KEYS[1])
-if ok and v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-`)
-
-// releaseScript deletes the key only while it holds the lease ARGV[1].
-var releaseScript = redis.NewScript(`
-local ok, v = pcall(redis.call, 'GET', KEYS[1])
-if ok and v == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-`)
 
 // fill stores the outcome of a load (res) under the lease token. filled
 // is false only when the fill was refused because the lease was no longer
@@ -592,7 +692,7 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 	}
 	opCtx, cancel := c.opCtx(ctx)
 	sent := c.seq.Add(1)
-	n, err := fillScript.Run(opCtx, c.rdb, []string{full}, token, entry, px).Int64()
+	n, err := fillScript.Run(opCtx, c.rdb, []string{full}, token, entry, px, c.notes.channel).Int64()
 	cancel()
 	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return true, false
@@ -628,7 +728,7 @@ func (c *Cache) release(ctx context.Context, full, token string) {
 		return
 	}
 	opCtx, cancel := c.opCtx(ctx)
-	err := releaseScript.Run(opCtx, c.rdb, []string{full}, token).Err()
+	err := releaseScript.Run(opCtx, c.rdb, []string{full}, token, c.notes.channel).Err()
 	cancel()
 	_ = c.outcomeFor(ctx, full, err)
 }

@@ -430,8 +430,8 @@ func TestForeignLeaseWaitExhausted(t *testing.T) {
 	if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
 		t.Fatalf("waited %v, want about LeaseWait", d)
 	}
-	if s := rdb.Get(ctx, full).Val(); s != lease {
-		t.Fatal("a process without the lease filled the key")
+	if s := rdb.Get(ctx, full).Val(); len(s) != len(lease) || s[2:] != lease[2:] || !isMarked(s) {
+		t.Fatalf("Redis holds %q: a process without the lease filled the key, or the waiter did not mark the lease", s)
 	}
 	if st := c.Stats(); st.LeaseWaits != 1 || st.Loads != 1 {
 		t.Fatalf("stats %+v", st)
@@ -445,7 +445,7 @@ func TestForeignLeaseWaitExhausted(t *testing.T) {
 		go func() {
 			defer close(fillDone)
 			entry, _ := encodeValue(c.codec, sampleRow(7))
-			_ = fillScript.Run(ctx, rdb, []string{full}, lease, entry, 60000).Err()
+			_ = fillScript.Run(ctx, rdb, []string{full}, lease, entry, 60000, c.notes.channel).Err()
 		}()
 	}
 	got, err = Fetch(ctx, c, "leased", time.Minute, func(context.Context) (row, error) {
@@ -624,5 +624,39 @@ func TestFetchWithNegativeTTL(t *testing.T) {
 	}
 	if _, err := FetchWith(ctx, c, "wf:6", FetchOptions{TTL: time.Minute, NegativeTTL: -time.Second}, missing); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("negative NegativeTTL: %v, want ErrInvalid", err)
+	}
+}
+
+// TestHitsSurviveRefusedWrites: a Redis at maxmemory with noeviction
+// refuses every write, even a SET NX that would set nothing; hits are still
+// served from Redis (by a GET), and a miss still gets its loader's value.
+func TestHitsSurviveRefusedWrites(t *testing.T) {
+	t.Parallel()
+	srv := testsvc.StartRedis(t)
+	rdb := srv.Client()
+	c := cacheOn(t, rdb, nil)
+	ctx := ctxT(t, 10*time.Second)
+	if err := c.Set(ctx, "k", sampleRow(1), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "probe", "x", time.Minute).Err(); err == nil || !containsStr(err.Error(), "OOM") {
+		t.Fatalf("a write at maxmemory: %v, want an OOM error", err)
+	}
+	v, err := Fetch(ctx, c, "k", time.Minute, func(context.Context) (row, error) { t.Error("loaded a cached key"); return row{}, nil })
+	if err != nil || v != sampleRow(1) {
+		t.Fatalf("hit: %+v %v", v, err)
+	}
+	if st := c.Stats(); st.Hits != 1 || st.RedisErrors != 0 || st.Fallbacks != 0 {
+		t.Fatalf("stats after the hit %+v", st)
+	}
+	v, err = Fetch(ctx, c, "cold", time.Minute, func(context.Context) (row, error) { return sampleRow(2), nil })
+	if err != nil || v != sampleRow(2) {
+		t.Fatalf("miss: %+v %v", v, err)
 	}
 }
