@@ -77,7 +77,14 @@ func countedCache(t *testing.T, cfg *Config) (*Cache, *cmdCounter) {
 	}
 	h := &cmdCounter{}
 	rdb.AddHook(h)
-	return cacheOn(t, rdb, cfg), h
+	c := cacheOn(t, rdb, cfg)
+	// New looks at the topology once in the background (one INFO): not a
+	// read's round trip, so wait for it before counting.
+	waitFor(t, 10*time.Second, "the first topology check", func() bool {
+		return c.topo == nil || (c.topo.lastCheck.Load() != 0 && !c.topo.checking.Load())
+	})
+	_, _ = h.take()
+	return c, h
 }
 
 // TestHitIsOneCommand: a hit is one command in one round trip.
