@@ -518,3 +518,56 @@ func TestDeletePrefixOnUnknownClientLeavesBreakerUsable(t *testing.T) {
 		return !c.Stats().BreakerOpen
 	})
 }
+
+// loseReplyHook runs a command on Redis and then reports its reply lost
+// (the caller's context ended, or the connection dropped, after Redis ran
+// it), once per lose signal.
+type loseReplyHook struct{ lose atomic.Bool }
+
+func (h *loseReplyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *loseReplyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() == "set" && h.lose.CompareAndSwap(true, false) {
+			cmd.SetErr(context.DeadlineExceeded)
+			return context.DeadlineExceeded
+		}
+		return err
+	}
+}
+func (h *loseReplyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestLostReadReplyReleasesItsLease: a read of an empty key whose reply is
+// lost after Redis ran its SET NX leaves a lease that no flight of this
+// process owns; the cache releases it, so another process does not wait
+// LeaseWait for a fill that never comes and the key is cached again at
+// once, not after LeaseTTL.
+func TestLostReadReplyReleasesItsLease(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 20*time.Second)
+	rdb := testsvc.Redis(t)
+	h := &loseReplyHook{}
+	rdb.AddHook(h)
+	cfg := &Config{LeaseTTL: time.Minute, LeaseWait: time.Minute, LoadTimeout: time.Minute}
+	c := cacheOn(t, rdb, cfg)
+	h.lose.Store(true)
+	v, err := Fetch(ctx, c, "k", time.Minute, func(context.Context) (row, error) { return sampleRow(1), nil })
+	if err != nil || v != sampleRow(1) {
+		t.Fatalf("Fetch = %+v, %v: a lost reply falls back to the loader", v, err)
+	}
+	waitFor(t, 10*time.Second, "the orphaned lease to be released", func() bool {
+		s, err := rdb.Get(ctx, c.FullKey("k")).Result()
+		return err == redis.Nil || (err == nil && !(len(s) == leaseLen && s[0] == leaseMagic))
+	})
+	// Another process reads at once: no lease to wait for.
+	other := cacheOn(t, testsvc.Redis(t), &Config{Prefix: c.prefix, LeaseTTL: time.Minute, LeaseWait: time.Minute})
+	v, err = Fetch(ctx, other, "k", time.Minute, func(context.Context) (row, error) { return sampleRow(2), nil })
+	if err != nil || v != sampleRow(2) {
+		t.Fatalf("other process: %+v, %v", v, err)
+	}
+	if st := other.Stats(); st.LeaseWaits != 0 {
+		t.Fatalf("the other process waited for an orphaned lease: %+v", st)
+	}
+}

@@ -127,6 +127,15 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 			token := c.tokens.next()
 			sent := time.Now()
 			s, err := c.readOrLease(ctx, full, token)
+			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) {
+				// The reply was lost (timeout, cancellation, a dropped
+				// connection): the SET may have put our lease in an empty
+				// key, and no flight of ours will fill or release it. Left
+				// there, it would make every process wait LeaseWait for a
+				// fill that never comes, and keep the key uncached for
+				// LeaseTTL.
+				c.releaseOrphan(full, token)
+			}
 			switch {
 			case err == nil:
 				var v T
@@ -471,6 +480,9 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 			got, raw, err = c.step(ctx, full, token, expect, wake != nil)
 			expect = nil
 			if err != nil {
+				if mayHaveTakenEffect(err) {
+					c.releaseOrphan(full, token) // the step may have taken the lease
+				}
 				return fallback() // failure counted by step
 			}
 		}
@@ -721,6 +733,29 @@ type fillable interface {
 func (r *flightResult[T]) outcome() (any, error)     { return r.v, r.err }
 func (r *flightResult[T]) setEncoded(payload string) { r.enc, r.hasEnc = payload, true }
 func (r *flightResult[T]) filledAt(src int64)        { r.src = src }
+
+// mayHaveTakenEffect reports whether a command that failed with err may
+// still have run on Redis: anything but an error reply (which Redis sends
+// instead of running it).
+func mayHaveTakenEffect(err error) bool {
+	var reply redis.Error
+	return !errors.As(err, &reply)
+}
+
+// releaseOrphan releases token's lease on full in the background (a read
+// whose reply was lost may have set it), bounded by InvalidateTimeout;
+// Close waits for it.
+func (c *Cache) releaseOrphan(full, token string) {
+	if !c.enter() {
+		return
+	}
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.InvalidateTimeout)
+		defer cancel()
+		c.release(ctx, full, token)
+	}()
+}
 
 // release gives up a lease so others need not wait for it to expire.
 func (c *Cache) release(ctx context.Context, full, token string) {

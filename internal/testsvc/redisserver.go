@@ -376,9 +376,26 @@ func startCluster(t testing.TB, masters, replicas int, nodeTimeout string, extra
 	}
 	// redis-cli chooses the masters itself: sort the processes by role.
 	if replicas > 0 {
-		nodes, err := c.Nodes(all[0])
-		if err != nil {
-			t.Fatalf("testsvc: cluster nodes: %v", err)
+		// redis-cli makes the replicas with CLUSTER REPLICATE on each; the
+		// node asked learns their roles by gossip, so ask until it knows
+		// every replica (polling with a deadline).
+		var nodes []ClusterNode
+		for {
+			var err error
+			nodes, err = c.Nodes(all[0])
+			n := 0
+			for _, nd := range nodes {
+				if nd.MasterID != "" {
+					n++
+				}
+			}
+			if err == nil && n == masters*replicas {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("testsvc: cluster nodes: %v: %d of %d replicas known", err, n, masters*replicas)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		procs := append(append([]*RedisServer{}, c.Servers...), c.Replicas...)
 		c.Servers, c.Addrs, c.Replicas = nil, nil, nil
