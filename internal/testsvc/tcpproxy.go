@@ -20,16 +20,20 @@ import (
 // proxy closes the connection when it arrives), so the request ran and its
 // answer was lost.
 //
+// Retarget points it at another address, as a virtual IP or a DNS name
+// moved to a promoted replica would: existing connections are dropped and
+// new ones go to the new target.
+//
 // Its methods are safe for concurrent use. It is closed when the test ends.
 type Proxy struct {
 	// Addr is the proxy's "127.0.0.1:port"; it stays the same across
 	// Block and Open.
 	Addr string
 
-	target string
-	t      testing.TB
+	t testing.TB
 
 	mu     sync.Mutex
+	target string                // where new connections go; guarded by mu
 	ln     net.Listener          // nil while blocked or closed
 	conns  map[net.Conn]struct{} // open client and target connections
 	lose   map[string]bool       // client addresses whose next reply LoseReply dropped
@@ -66,17 +70,26 @@ func (p *Proxy) serve(ln net.Listener) {
 	}()
 }
 
-// track registers c so that Block and Close can drop it; it reports false
-// (and closes c) when the proxy is blocked or closed meanwhile.
-func (p *Proxy) track(c net.Conn) bool {
+// track registers c so that Block, Retarget and Close can drop it; it
+// reports false (and closes c) when the proxy is blocked or closed
+// meanwhile, or, for an upstream connection (target not ""), when the
+// proxy was retargeted since it was dialled.
+func (p *Proxy) track(c net.Conn, target string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.ln == nil {
+	if p.closed || p.ln == nil || target != "" && target != p.target {
 		c.Close()
 		return false
 	}
 	p.conns[c] = struct{}{}
 	return true
+}
+
+// targetAddr returns where new connections go.
+func (p *Proxy) targetAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.target
 }
 
 func (p *Proxy) untrack(c net.Conn) {
@@ -87,15 +100,16 @@ func (p *Proxy) untrack(c net.Conn) {
 }
 
 func (p *Proxy) forward(client net.Conn) {
-	if !p.track(client) {
+	if !p.track(client, "") {
 		return
 	}
 	defer p.untrack(client)
-	upstream, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	target := p.targetAddr()
+	upstream, err := net.DialTimeout("tcp", target, 2*time.Second)
 	if err != nil {
 		return // the client sees its connection closed, as with a dead target
 	}
-	if !p.track(upstream) {
+	if !p.track(upstream, target) {
 		return
 	}
 	defer p.untrack(upstream)
@@ -161,6 +175,19 @@ func (p *Proxy) Block() {
 		p.ln.Close()
 		p.ln = nil
 	}
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Retarget makes new connections go to target ("host:port") and drops
+// every open connection (clients see a reset or EOF, and reconnect to the
+// new target), as a virtual IP or DNS name moved to a promoted replica
+// would. A blocked proxy stays blocked.
+func (p *Proxy) Retarget(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
 	for c := range p.conns {
 		c.Close()
 	}
