@@ -238,6 +238,15 @@ func contextTimeoutEnabled(rdb redis.UniversalClient) bool {
 // redisURL means no-cache mode. Open fails only on a bad URL (ErrInvalid;
 // the error never contains the password); an unreachable Redis is logged
 // and handled like any outage. Close closes the client Open made. For
+// clientTimeouts are the dial and read/write timeouts of a client Open
+// makes: dials get twice OpTimeout (at least 250 ms), and a socket read or
+// write is bounded by the longest call the cache makes (OpTimeout for
+// reads, InvalidateTimeout for deletes); each call's own context is
+// tighter.
+func clientTimeouts(conf *Config) (dial, readWrite time.Duration) {
+	return max(2*conf.OpTimeout, 250*time.Millisecond), max(conf.OpTimeout, conf.InvalidateTimeout)
+}
+
 // Sentinel, build the client and use [New].
 func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 	conf := withDefaults(cfg)
@@ -250,14 +259,10 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cachelayer: %w: redis cluster url %s: %s", ErrInvalid, redact.URL(redisURL), redact.Reason(redisURL, err))
 		}
-		opts.ContextTimeoutEnabled = true
-		opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
-		opts.DialerRetries = 1
-		opts.ReadTimeout = max(conf.OpTimeout, conf.InvalidateTimeout)
-		opts.WriteTimeout = opts.ReadTimeout
-		opts.MaxRetries = 1
+		dial, rw := clientTimeouts(&conf)
+		opts.ContextTimeoutEnabled, opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = true, dial, rw, rw
+		opts.DialerRetries, opts.MaxRetries, opts.DisableIdentity = 1, 1, true
 		opts.MaxRedirects = 2 // a MOVED after a failover, and one retry
-		opts.DisableIdentity = true
 		opts.ClusterStateReloadInterval = RecommendedClusterStateReloadInterval
 		rdb = redis.NewClusterClient(opts)
 	} else {
@@ -265,13 +270,10 @@ func Open(ctx context.Context, redisURL string, cfg *Config) (*Cache, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cachelayer: %w: redis url %s: %s", ErrInvalid, redact.URL(redisURL), redact.Reason(redisURL, err))
 		}
-		opts.ContextTimeoutEnabled = true
-		opts.DialTimeout = max(2*conf.OpTimeout, 250*time.Millisecond)
-		opts.DialerRetries = 1
-		opts.ReadTimeout = max(conf.OpTimeout, conf.InvalidateTimeout)
-		opts.WriteTimeout = opts.ReadTimeout
-		opts.MaxRetries = 1
-		opts.DisableIdentity = true // no CLIENT SETINFO round trips on each new connection
+		dial, rw := clientTimeouts(&conf)
+		opts.ContextTimeoutEnabled, opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = true, dial, rw, rw
+		// DisableIdentity: no CLIENT SETINFO round trips on each new connection.
+		opts.DialerRetries, opts.MaxRetries, opts.DisableIdentity = 1, 1, true
 		rdb = redis.NewClient(opts)
 	}
 	c := New(rdb, &conf)
