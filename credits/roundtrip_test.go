@@ -95,15 +95,8 @@ func TestWriteRoundTrips(t *testing.T) {
 					return err
 				}, credits.ErrInvalid, nil},
 			}
-			for _, step := range steps {
-				sctx, rt := tr.Record(ctx)
-				err := step.call(sctx)
-				if step.want == nil {
-					require.NoError(t, err, step.name)
-				} else {
-					require.ErrorIs(t, err, step.want, step.name)
-				}
-				require.Equal(t, step.trips, rt.Statements(), "%s: the statements sent to Postgres", step.name)
+			for _, s := range steps {
+				tr.Step(ctx, t, s.name, s.call, s.want, s.trips)
 			}
 			b, err := store.Balance(ctx, user, enrichment)
 			require.NoError(t, err)

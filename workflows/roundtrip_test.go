@@ -71,15 +71,8 @@ func TestWriteRoundTrips(t *testing.T) {
 				{"Delete missing", func(ctx context.Context) error { return r.Delete(ctx, d.ID) },
 					workflows.ErrNotFound, []string{"WorkflowDefinitionDelete"}},
 			}
-			for _, step := range steps {
-				sctx, rt := tr.Record(ctx)
-				err := step.call(sctx)
-				if step.want == nil {
-					require.NoError(t, err, step.name)
-				} else {
-					require.ErrorIs(t, err, step.want, step.name)
-				}
-				require.Equal(t, step.trips, rt.Statements(), "%s: the statements sent to Postgres", step.name)
+			for _, s := range steps {
+				tr.Step(ctx, t, s.name, s.call, s.want, s.trips)
 			}
 			require.Equal(t, int64(2), d.Version)
 		})

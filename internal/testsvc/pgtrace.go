@@ -2,9 +2,12 @@ package testsvc
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -196,5 +199,23 @@ func (l *LostExecReplyTracer) TracePrepareStart(ctx context.Context, conn *pgx.C
 func (l *LostExecReplyTracer) TracePrepareEnd(ctx context.Context, conn *pgx.Conn, data pgx.TracePrepareEndData) {
 	if p, ok := ctx.Value(lostExecKey{}).(*Proxy); ok && data.Err == nil {
 		l.lose(p, conn)
+	}
+}
+
+// Step runs call under its own Record and fails t (naming the step) when
+// its error is not want (nil: none) or the statements (sqlc names) it sent
+// to Postgres differ from statements.
+func (tr *RoundTripTracer) Step(ctx context.Context, t testing.TB, name string, call func(context.Context) error, want error, statements []string) {
+	t.Helper()
+	sctx, rt := tr.Record(ctx)
+	err := call(sctx)
+	switch {
+	case want == nil && err != nil:
+		t.Fatalf("%s: %v", name, err)
+	case want != nil && !errors.Is(err, want):
+		t.Fatalf("%s: got error %v, want one that Is %v", name, err, want)
+	}
+	if got := rt.Statements(); !slices.Equal(got, statements) {
+		t.Fatalf("%s: the statements sent to Postgres: %q, want %q", name, got, statements)
 	}
 }
