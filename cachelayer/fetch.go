@@ -179,9 +179,11 @@ func (c *Cache) readOrLease(ctx context.Context, full, token string) (string, er
 	_ = c.rdb.Process(opCtx, cmd)
 	cancel()
 	s, err := cmd.Result()
-	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY")) {
+	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
+		redis.HasErrorPrefix(err, "NOREPLICAS")) {
 		// Redis refuses writes — maxmemory with noeviction refuses even a
-		// SET NX that would set nothing, a replica every write — but can
+		// SET NX that would set nothing, a replica every write, a master
+		// with min-replicas-to-write and too few replicas likewise — but can
 		// still serve hits: read with GET. A miss then cannot take a lease.
 		s, err = c.getOnce(ctx, full)
 		if err == redis.Nil {

@@ -632,6 +632,23 @@ func TestFetchWithNegativeTTL(t *testing.T) {
 // served from Redis (by a GET), and a miss still gets its loader's value.
 func TestHitsSurviveRefusedWrites(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name, refusal string
+		config        [][2]string
+	}{
+		{"maxmemory", "OOM", [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", "1"}}},
+		{"min-replicas-to-write", "NOREPLICAS", [][2]string{{"min-replicas-to-write", "1"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			hitsSurviveRefusedWrites(t, tc.refusal, tc.config)
+		})
+	}
+}
+
+// hitsSurviveRefusedWrites: once Redis refuses writes (config makes it
+// answer refusal), hits are still served from Redis and misses load.
+func hitsSurviveRefusedWrites(t *testing.T, refusal string, config [][2]string) {
 	srv := testsvc.StartRedis(t)
 	rdb := srv.Client()
 	c := cacheOn(t, rdb, nil)
@@ -639,14 +656,13 @@ func TestHitsSurviveRefusedWrites(t *testing.T) {
 	if err := c.Set(ctx, "k", sampleRow(1), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
-		t.Fatal(err)
+	for _, kv := range config {
+		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.Set(ctx, "probe", "x", time.Minute).Err(); err == nil || !containsStr(err.Error(), "OOM") {
-		t.Fatalf("a write at maxmemory: %v, want an OOM error", err)
+	if err := rdb.Set(ctx, "probe", "x", time.Minute).Err(); err == nil || !containsStr(err.Error(), refusal) {
+		t.Fatalf("a write: %v, want a %s error", err, refusal)
 	}
 	v, err := Fetch(ctx, c, "k", time.Minute, func(context.Context) (row, error) { t.Error("loaded a cached key"); return row{}, nil })
 	if err != nil || v != sampleRow(1) {
