@@ -60,7 +60,8 @@
 //     redis.Nil and the caller's own cancellation are not failures.
 //   - Values are stored as one header byte (format version, kind) and the
 //     [Codec]'s bytes (JSON by default, without HTML escaping, so a
-//     json.RawMessage round-trips byte for byte). Fetch replaces undecodable entries,
+//     json.RawMessage round-trips byte for byte; a [CompactMarshaler] such
+//     as credits.Balance in its own compact form). Fetch replaces undecodable entries,
 //     entries of another format version and keys of another type (Corrupt);
 //     values larger than Config.MaxValueBytes are served but not cached.
 //     Each fill's TTL is shortened at random by up to Config.Jitter.

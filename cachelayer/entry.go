@@ -21,10 +21,41 @@ type Codec interface {
 // JSON is the default [Codec]: encoding/json, readable in redis-cli. It
 // does not escape HTML (&, <, >), so a json.RawMessage comes back byte for
 // byte as it went in.
+//
+// A value that implements [CompactMarshaler] (credits.Balance does) is
+// stored in its own compact form instead, behind a byte no JSON text starts
+// with; Unmarshal decodes that form into a [CompactUnmarshaler] and still
+// decodes JSON into it, so entries written before a type went compact stay
+// readable. (A process that predates the compact form finds such an entry
+// undecodable: Fetch replaces it, as after any format change.)
 type JSON struct{}
+
+// CompactMarshaler is a value that encodes itself for the cache more
+// cheaply than encoding/json does: AppendCompact appends its encoding to b.
+// Decoding a JSON balance costs about 1.3 µs and 6 allocations; a few
+// varints, tens of nanoseconds and one.
+type CompactMarshaler interface {
+	AppendCompact(b []byte) []byte
+}
+
+// CompactUnmarshaler decodes what the matching AppendCompact produced; it
+// must return an error, never panic, on other bytes.
+type CompactUnmarshaler interface {
+	UnmarshalCompact(data []byte) error
+}
+
+// compactMark starts a compact payload: a control character, which no JSON
+// text starts with.
+const compactMark = 0x01
+
+// errCompactTarget is decoding a compact payload into a type that cannot.
+var errCompactTarget = errors.New("cachelayer: a compact entry for a type without UnmarshalCompact")
 
 // Marshal implements [Codec].
 func (JSON) Marshal(v any) ([]byte, error) {
+	if m, ok := v.(CompactMarshaler); ok {
+		return m.AppendCompact(append(make([]byte, 0, 64), compactMark)), nil
+	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -35,7 +66,15 @@ func (JSON) Marshal(v any) ([]byte, error) {
 }
 
 // Unmarshal implements [Codec].
-func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+func (JSON) Unmarshal(data []byte, v any) error {
+	if len(data) > 0 && data[0] == compactMark {
+		if u, ok := v.(CompactUnmarshaler); ok {
+			return u.UnmarshalCompact(data[1:])
+		}
+		return errCompactTarget
+	}
+	return json.Unmarshal(data, v)
+}
 
 // Entry format. Every string this package stores under a cache key starts
 // with one header byte: the high nibble is the format version, the low

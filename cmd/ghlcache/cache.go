@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
 	"github.com/ghl-agency/ghlcache/internal/redact"
 )
@@ -146,6 +147,15 @@ func cacheGet(ctx context.Context, e *env, c *cacheConn, args []string) error {
 	full := c.cache.FullKey(key)
 	var value json.RawMessage
 	found, err := c.cache.Get(ctx, key, &value)
+	if err != nil && strings.HasPrefix(key, "credits:") {
+		// Balances are stored in their compact form, not as JSON: decode
+		// one as a credits.Balance and show it as JSON.
+		var b credits.Balance
+		if f, berr := c.cache.Get(ctx, key, &b); berr == nil {
+			found, err = f, nil
+			value, _ = json.Marshal(b)
+		}
+	}
 	switch {
 	case errors.Is(err, cachelayer.ErrNotFound):
 		ttl, _ := c.rdb.PTTL(ctx, full).Result()

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
+	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
@@ -25,6 +26,9 @@ func TestCacheCommands(t *testing.T) {
 	}
 	require.NoError(t, c.Set(ctx, "credits:7:enrichment", balance{7, 1234}, time.Minute))
 	require.NoError(t, c.Set(ctx, "credits:8:enrichment", balance{8, 1}, time.Minute))
+	// What credits.Cached stores: a balance in its compact form.
+	require.NoError(t, c.Set(ctx, "credits:6:sms", credits.Balance{UserID: 6, Type: "sms", Amount: 77, Version: 3,
+		UpdatedAt: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)}, time.Minute))
 	require.NoError(t, c.Set(ctx, "workflow:3:definition", map[string]any{"ID": 3}, time.Minute))
 	_, err := c.Incr(ctx, "rate:7:api", 5, time.Minute)
 	require.NoError(t, err)
@@ -42,6 +46,12 @@ func TestCacheCommands(t *testing.T) {
 	require.Contains(t, r.stdout, "key    "+prefix+"credits:7:enrichment")
 	require.Contains(t, r.stdout, `"Amount": 1234`)
 	require.Regexp(t, `ttl\s+\d+(\.\d+)?s`, r.stdout)
+
+	r = cacheCLI("get", "credits:6:sms")
+	require.NoError(t, r.err)
+	require.Contains(t, r.stdout, `"Amount": 77`)
+	require.Contains(t, r.stdout, `"UpdatedAt": "2026-12-01T00:00:00Z"`)
+	require.NoError(t, c.Delete(ctx, "credits:6:sms")) // the counts below are of the other keys
 
 	r = cacheCLI("get", "rate:7:api")
 	require.NoError(t, r.err)
