@@ -3,6 +3,7 @@ package credits_test
 import (
 	"encoding/json"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,4 +67,12 @@ func TestBalanceCompactRejectsMalformedBytes(t *testing.T) {
 	// A compact entry read into a type that cannot decode it is an error.
 	var m map[string]any
 	require.Error(t, codec.Unmarshal(raw, &m))
+}
+
+func TestKeyIsOneAllocation(t *testing.T) {
+	require.Equal(t, "credits:42:enrichment", credits.Key(42, "enrichment"))
+	require.Equal(t, "credits:-1:a", credits.Key(-1, "a"))
+	long := credits.Type(strings.Repeat("t", 100)) // longer than the stack buffer: still right
+	require.Equal(t, "credits:9223372036854775807:"+string(long), credits.Key(math.MaxInt64, long))
+	require.Equal(t, 1.0, testing.AllocsPerRun(100, func() { _ = credits.Key(123456789, "enrichment") }))
 }

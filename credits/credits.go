@@ -106,7 +106,12 @@ var (
 // Key returns the cache key of a balance, "credits:{userId}:{type}" (the
 // cache adds its namespace, "ghl:" by default).
 func Key(userID int64, t Type) string {
-	return "credits:" + strconv.FormatInt(userID, 10) + ":" + string(t)
+	// One allocation (the string), not two: every read builds its key.
+	var buf [64]byte
+	b := append(buf[:0], "credits:"...)
+	b = strconv.AppendInt(b, userID, 10)
+	b = append(b, ':')
+	return string(append(b, t...))
 }
 
 // typePattern is the form of a type name; validType checks it by hand

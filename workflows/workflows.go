@@ -69,7 +69,11 @@ var (
 // Key returns the cache key of a definition, "workflow:{id}:definition"
 // (the cache adds its namespace, "ghl:" by default).
 func Key(id int64) string {
-	return keyHead + strconv.FormatInt(id, 10) + keyTail
+	// One allocation (the string), not two: every read builds its key.
+	var buf [48]byte
+	b := append(buf[:0], keyHead...)
+	b = strconv.AppendInt(b, id, 10)
+	return string(append(b, keyTail...))
 }
 
 // A definition's key is keyHead + id + keyTail; a create builds it in SQL,
