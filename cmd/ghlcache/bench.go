@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,6 +55,7 @@ end. The default run takes about two minutes on 2 cores.`,
 		fs.DurationVar(&o.cfg.StalenessDuration, "staleness-duration", time.Second, "length of each staleness probe")
 		fs.BoolVar(&o.json, "json", false, "print the results as JSON")
 		fs.StringVar(&o.html, "html", "", "also write an HTML page with latency and throughput charts to `FILE`")
+		fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `FILE` (go tool pprof)")
 		return func(ctx context.Context, e *env, _ []string) error {
 			return runBench(ctx, e, o)
 		}
@@ -68,6 +70,7 @@ type benchOptions struct {
 	systems     string
 	json        bool
 	html        string
+	cpuProfile  string
 }
 
 func runBench(ctx context.Context, e *env, o benchOptions) error {
@@ -117,6 +120,17 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 			bar.bar.ChangeMax(total)
 		}
 		bar.set(done, step)
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := bench.Run(ctx, cfg)
 	bar.finish()

@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
-	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/cmd/ghlcache/internal/bench"
+	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/internal/redact"
 )
 
