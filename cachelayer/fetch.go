@@ -123,10 +123,10 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 	}
 	start := flightStart{mode: flightNormal}
 	if !c.noCache() {
-		if c.breakerFor(full).allow() {
+		if br := c.breakerFor(full); br.allow() {
 			token := c.tokens.next()
 			sent := time.Now()
-			s, err := c.readOrLease(ctx, full, token)
+			s, err := c.readOrLease(ctx, full, token, br)
 			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) {
 				// The reply was lost (timeout, cancellation, a dropped
 				// connection): the SET may have put our lease in an empty
@@ -170,8 +170,9 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 
 // readOrLease sends SET full token NX GET PX LeaseTTL, bounded by OpTimeout
 // within ctx, and returns what the key held (redis.Nil: it was empty and now
-// holds token) through outcome.
-func (c *Cache) readOrLease(ctx context.Context, full, token string) (string, error) {
+// holds token) through outcome, fed to br (full's breaker, which the caller
+// has already looked up).
+func (c *Cache) readOrLease(ctx context.Context, full, token string, br *breaker) (string, error) {
 	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
 	r := &readArgs{full: full, token: token}
 	r.args = [...]any{"set", &r.full, &r.token, "nx", "get", "px", c.leasePX}
@@ -191,7 +192,7 @@ func (c *Cache) readOrLease(ctx context.Context, full, token string) (string, er
 		}
 		return s, err
 	}
-	return s, c.outcomeFor(ctx, full, err)
+	return s, c.outcomeOn(ctx, br, err)
 }
 
 // errMissNoLease is what readOrLease returns for an empty key it could not
