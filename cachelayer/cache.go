@@ -38,6 +38,7 @@ type Cache struct {
 	leasePX   any            // LeaseTTL in ms, boxed once for the read command
 	tokens    *leaseTokens   // this Cache's lease placeholders
 	deadlines *readDeadlines // OpTimeout bounds of Fetch reads without a timer each
+	reads     readBatcher    // pipelines Fetch reads while Redis is busy
 	seq       atomic.Int64   // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
@@ -56,6 +57,8 @@ type Cache struct {
 	hookJoined    func(fullKey string)
 	hookLeaseWait func(fullKey string)
 	hookFilled    func(fullKey string) // after a successful fill, before the flight answers
+	// queued runs when a Fetch read waits in the queue of busy reads.
+	hookQueued func(fullKey string)
 	// leaseRenewed runs after a lease held by a slow load was extended.
 	hookLeaseRenewed func(fullKey string)
 }
@@ -162,6 +165,7 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 		deadlines: newReadDeadlines(conf.OpTimeout),
 	}
 	c.notes.channel = fillChannel(conf.Prefix)
+	c.reads.max = max(conf.ReadsInFlight, 0) // negative: 0, no limit
 	c.br = c.newBreaker(conf.Logger)
 	if rdb != nil && !contextTimeoutEnabled(rdb) {
 		c.log.Warn("cachelayer: redis client lacks ContextTimeoutEnabled; a hung Redis can stall reads beyond OpTimeout",

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 )
 
@@ -115,6 +116,16 @@ type Config struct {
 	// a promoted standalone replica is seen within about a second (one INFO
 	// per second per Cache while the outbox runs).
 	TopologyInterval time.Duration
+	// ReadsInFlight is how many Fetch reads (SET key <lease> NX GET, each
+	// a command of its own or a pipeline of several) may be on their way to
+	// Redis at once. A read that arrives while that many are in flight waits
+	// until one returns and is then sent with every other read that waited,
+	// in one pipeline: one socket write and read for all of them, and one
+	// command for reads of the same key. A read is never joined to a command
+	// already sent (its reply could predate the read), and its wait counts
+	// against its OpTimeout. Default max(2, GOMAXPROCS); negative sends every
+	// read on its own at once (the go-redis pool then queues them).
+	ReadsInFlight int
 	// Logger receives warnings on state changes (breaker open and closed,
 	// a client without ContextTimeoutEnabled), never one per request;
 	// default slog.Default().
@@ -154,6 +165,9 @@ func withDefaults(cfg *Config) Config {
 		if d < 0 {
 			panic(fmt.Sprintf("cachelayer: Config.%s is negative (%v)", name, d))
 		}
+	}
+	if c.ReadsInFlight == 0 {
+		c.ReadsInFlight = max(2, runtime.GOMAXPROCS(0))
 	}
 	if c.BreakerFailures < 0 || c.MaxValueBytes < 0 {
 		panic("cachelayer: Config.BreakerFailures and Config.MaxValueBytes must not be negative")

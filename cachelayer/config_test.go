@@ -3,6 +3,7 @@ package cachelayer
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +15,8 @@ func TestConfigDefaults(t *testing.T) {
 	want := Config{Prefix: "ghl:", OpTimeout: 100 * time.Millisecond, InvalidateTimeout: time.Second,
 		LoadTimeout: 5 * time.Second, LeaseTTL: 3 * time.Second, LeaseWait: time.Second,
 		NegativeTTL: 30 * time.Second, Jitter: 0.1, BreakerFailures: 5, BreakerCooldown: time.Second,
-		MaxValueBytes: 256 << 10, InvalidateWaitTimeout: 100 * time.Millisecond, TopologyInterval: time.Second}
+		MaxValueBytes: 256 << 10, InvalidateWaitTimeout: 100 * time.Millisecond, TopologyInterval: time.Second,
+		ReadsInFlight: max(2, runtime.GOMAXPROCS(0))}
 	c.Codec, c.Logger = nil, nil
 	if c != want {
 		t.Fatalf("defaults %+v, want %+v", c, want)

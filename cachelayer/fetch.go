@@ -127,7 +127,7 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 			token := c.tokens.next()
 			sent := time.Now()
 			s, err := c.readOrLease(ctx, full, token, br)
-			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) {
+			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) && !errors.Is(err, errQueueTimeout) {
 				// The reply was lost (timeout, cancellation, a dropped
 				// connection): the SET may have put our lease in an empty
 				// key, and no flight of ours will fill or release it. Left
@@ -174,12 +174,8 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 // has already looked up).
 func (c *Cache) readOrLease(ctx context.Context, full, token string, br *breaker) (string, error) {
 	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
-	r := &readArgs{full: full, token: token}
-	r.args = [...]any{"set", &r.full, &r.token, "nx", "get", "px", c.leasePX}
-	cmd := redis.NewStringCmd(opCtx, r.args[:]...)
-	_ = c.rdb.Process(opCtx, cmd)
+	s, err := c.sendRead(opCtx, full, token)
 	cancel()
-	s, err := cmd.Result()
 	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
 		redis.HasErrorPrefix(err, "NOREPLICAS")) {
 		// Redis refuses writes — maxmemory with noeviction refuses even a

@@ -2,6 +2,7 @@ package cachelayer
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,46 +39,87 @@ func (h *heldReadClient) Process(ctx context.Context, cmd redis.Cmder) error {
 
 // TestReadsNeverShareAnOlderReply: readers that begin while another
 // reader's read is held in flight are not held behind it and never get its
-// (older) reply: each sends its own read, so a value written after the held
-// read was sent reaches them at once.
+// (older) reply: a value written after the held read was sent reaches them
+// at once — whether each sends a read of its own (ReadsInFlight < 0) or
+// they wait for a free slot and are pipelined together (the default: the
+// held read fills one of the two slots).
 func TestReadsNeverShareAnOlderReply(t *testing.T) {
 	t.Parallel()
-	ctx := ctxT(t, 20*time.Second)
-	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
-	c := cacheOn(t, h, nil)
-	if err := c.Set(ctx, "k", sampleRow(1), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	load := func(context.Context) (row, error) { t.Error("unexpected load"); return row{}, nil }
+	for _, inFlight := range []int{-1, 2} {
+		t.Run(fmt.Sprintf("ReadsInFlight=%d", inFlight), func(t *testing.T) {
+			t.Parallel()
+			ctx := ctxT(t, 20*time.Second)
+			h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+			sets := &commandCounter{name: "set"}
+			h.AddHook(sets)
+			c := cacheOn(t, h, &Config{ReadsInFlight: inFlight})
+			if err := c.Set(ctx, "k", sampleRow(1), time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			load := func(context.Context) (row, error) { t.Error("unexpected load"); return row{}, nil }
 
-	first := fetchAsync(ctx, t, c, "k", load)
-	<-h.entered // the first read has read row 1 and is held
+			first := fetchAsync(ctx, t, c, "k", load)
+			<-h.entered // the first read has read row 1 and is held
 
-	// A write lands after that read was sent...
-	if err := c.Set(ctx, "k", sampleRow(2), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	// ...and readers that begin now see it, while the first is still held.
-	const n = 50
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			v, err := Fetch(ctx, c, "k", time.Minute, load)
-			if err != nil || v != sampleRow(2) {
-				t.Errorf("reader %d got %+v, %v; want row 2 written before it began", i, v, err)
+			// A write lands after that read was sent...
+			if err := c.Set(ctx, "k", sampleRow(2), time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			before := sets.n.Load()
+			// ...and readers that begin now see it, while the first is still held.
+			const n = 50
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() {
+					v, err := Fetch(ctx, c, "k", time.Minute, load)
+					if err != nil || v != sampleRow(2) {
+						t.Errorf("reader %d got %+v, %v; want row 2 written before it began", i, v, err)
+					}
+				})
+			}
+			wg.Wait()
+			close(h.release)
+			if v := <-first; v != sampleRow(1) {
+				t.Fatalf("first reader got %+v; it began before the write, so row 1 is its answer", v)
+			}
+			got := sets.n.Load() - before
+			if inFlight < 0 && got != n {
+				t.Fatalf("%d reads for %d Fetch calls, want one each", got, n)
+			}
+			if inFlight > 0 && (got < 1 || got > n) {
+				t.Fatalf("%d reads for %d Fetch calls, want 1 to %d", got, n, n)
+			}
+			if st := c.Stats(); st.Hits != 1+n || st.Loads != 0 {
+				t.Fatalf("stats %+v", st)
 			}
 		})
 	}
-	wg.Wait()
-	close(h.release)
-	if v := <-first; v != sampleRow(1) {
-		t.Fatalf("first reader got %+v; it began before the write, so row 1 is its answer", v)
+}
+
+// commandCounter is a go-redis hook that counts the commands named name,
+// sent on their own or in pipelines.
+type commandCounter struct {
+	name string
+	n    atomic.Int64
+}
+
+func (h *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == h.name {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
 	}
-	if got := h.reads.Load(); got != 1+n {
-		t.Fatalf("%d reads for %d Fetch calls, want one each", got, 1+n)
-	}
-	if st := c.Stats(); st.Hits != 1+n || st.Loads != 0 {
-		t.Fatalf("stats %+v", st)
+}
+func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if cmd.Name() == h.name {
+				h.n.Add(1)
+			}
+		}
+		return next(ctx, cmds)
 	}
 }
 

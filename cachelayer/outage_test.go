@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
 
@@ -313,9 +315,9 @@ func TestNewWarnsWithoutContextTimeout(t *testing.T) {
 	if logged.String() != "" {
 		t.Fatalf("unexpected warning: %s", logged.String())
 	}
-	opts := *rdb.Options()
-	opts.ContextTimeoutEnabled = false
-	plain := redisClient(&opts)
+	// Options of its own: copying the live client's would race with the
+	// connection setup that writes them (go-redis maintnotifications).
+	plain := redisClient(&redis.Options{Addr: rdb.Options().Addr})
 	t.Cleanup(func() { _ = plain.Close() })
 	_ = New(plain, &Config{Logger: logged.logger()})
 	if !containsStr(logged.String(), "ContextTimeoutEnabled") {

@@ -1,0 +1,163 @@
+package cachelayer
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ghl-agency/ghlcache/internal/testsvc"
+)
+
+// pipelineLog is a go-redis hook that records the length of every pipeline
+// and counts the commands sent on their own.
+type pipelineLog struct {
+	mu     sync.Mutex
+	single map[string]int
+	piped  []int
+	names  []string
+}
+
+func (h *pipelineLog) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *pipelineLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.mu.Lock()
+		if h.single == nil {
+			h.single = map[string]int{}
+		}
+		h.single[cmd.Name()]++
+		h.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (h *pipelineLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() == "client" || cmds[0].Name() == "hello" {
+			return next(ctx, cmds) // a new connection's setup
+		}
+		h.mu.Lock()
+		h.piped = append(h.piped, len(cmds))
+		for _, c := range cmds {
+			h.names = append(h.names, c.Name())
+		}
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func (h *pipelineLog) counts() (map[string]int, []int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return maps.Clone(h.single), slices.Clone(h.piped)
+}
+
+// TestBusyReadsArePipelined: with every read slot taken (ReadsInFlight 1,
+// the one read held), the reads that arrive wait, and when the slot frees
+// they go out in one pipeline with one command per key: hits answered from
+// it, and two readers of an empty key sharing the one lease and load.
+func TestBusyReadsArePipelined(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 20*time.Second)
+	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+	log := &pipelineLog{}
+	h.AddHook(log)
+	c := cacheOn(t, h, &Config{ReadsInFlight: 1})
+	const keys = 10
+	for i := range keys {
+		if err := c.Set(ctx, "k"+strconv.Itoa(i), sampleRow(int64(i)), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setsBefore, _ := log.counts()
+	queued := make(chan string, 4*keys)
+	c.hookQueued = func(full string) { queued <- full }
+	loads := &counter{}
+	load := func(context.Context) (row, error) { loads.inc(); return sampleRow(99), nil }
+
+	first := fetchAsync(ctx, t, c, "k0", load)
+	<-h.entered // the one slot is taken: everything after this waits
+
+	results := make(chan error, 2*keys+2)
+	read := func(key string, want row) {
+		v, err := Fetch(ctx, c, key, time.Minute, load)
+		if err == nil && v != want {
+			err = fmt.Errorf("%s: got %+v, want %+v", key, v, want)
+		}
+		results <- err
+	}
+	for i := range keys {
+		go read("k"+strconv.Itoa(i), sampleRow(int64(i)))
+		go read("k"+strconv.Itoa(i), sampleRow(int64(i)))
+	}
+	go read("empty", sampleRow(99))
+	go read("empty", sampleRow(99))
+	for range 2*keys + 2 {
+		<-queued
+	}
+	close(h.release)
+	<-first
+	for range 2*keys + 2 {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+	single, piped := log.counts()
+	if single["set"]-setsBefore["set"] != 1 || !slices.Equal(piped, []int{keys + 1}) {
+		t.Fatalf("reads sent on their own %d, pipelines %v %v; want 1 and one pipeline of %d (one command per key)",
+			single["set"]-setsBefore["set"], piped, log.names, keys+1)
+	}
+	if st := c.Stats(); st.Hits != 2*keys+1 || st.Misses != 2 || st.Loads != 1 || loads.get() != 1 {
+		t.Fatalf("stats %+v, %d loads; want %d hits and both readers of the empty key on one load", st, loads.get(), 2*keys+1)
+	}
+	// The slot is free again: a read goes out on its own at once.
+	if v, err := Fetch(ctx, c, "empty", time.Minute, load); err != nil || v != sampleRow(99) {
+		t.Fatalf("got %+v, %v", v, err)
+	}
+}
+
+// TestQueuedReadKeepsItsOpTimeout: a read waiting for a slot behind a read
+// that never returns gives up at its OpTimeout and is served by its loader
+// (a fallback), without waiting for the held read; it was never sent, so no
+// lease release follows it.
+func TestQueuedReadKeepsItsOpTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 20*time.Second)
+	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+	log := &pipelineLog{}
+	h.AddHook(log)
+	c := New(h, &Config{Prefix: testsvc.Prefix(t), ReadsInFlight: 1, OpTimeout: 50 * time.Millisecond, BreakerFailures: 100})
+	load := func(context.Context) (row, error) { return sampleRow(7), nil }
+	if err := c.Set(ctx, "held", sampleRow(7), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	first := fetchAsync(ctx, t, c, "held", load) // a hit: nothing to fill
+	<-h.entered
+	queued := make(chan string, 1)
+	c.hookQueued = func(full string) { queued <- full }
+	v, err := Fetch(ctx, c, "other", time.Minute, load) // returns while the first is still held
+	if err != nil || v != sampleRow(7) {
+		t.Fatalf("got %+v, %v", v, err)
+	}
+	if full := <-queued; full != c.FullKey("other") {
+		t.Fatalf("queued %q", full)
+	}
+	st := c.Stats()
+	close(h.release)
+	<-first
+	if st.Fallbacks != 1 || st.Loads != 1 {
+		t.Fatalf("stats %+v, want the queued read served by one fallback load", st)
+	}
+	if err := c.Close(); err != nil { // waits for background lease releases
+		t.Fatal(err)
+	}
+	single, piped := log.counts()
+	if single["evalsha"]+single["eval"] != 0 || len(piped) != 0 {
+		t.Fatalf("commands %v, pipelines %v: a read that was never sent released a lease", single, piped)
+	}
+}
