@@ -3,6 +3,7 @@ package cachelayer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -62,9 +63,15 @@ type readReq struct {
 
 var readReqs = sync.Pool{New: func() any { return &readReq{wake: make(chan struct{}, 1)} }}
 
-// errQueueTimeout is a read that timed out in the queue: it was never
-// sent, so it cannot have taken a lease.
-var errQueueTimeout = errors.New("cachelayer: read timed out waiting to be sent (Redis busy)")
+// errNotSent marks a read that left the queue before it was sent: it cannot
+// have taken a lease. errQueueTimeout: it reached its OpTimeout there (a
+// failure of a busy or stuck Redis); errQueueLeft: its caller's context
+// ended.
+var (
+	errNotSent      = errors.New("cachelayer: read not sent")
+	errQueueTimeout = fmt.Errorf("%w: timed out waiting to be sent (Redis busy)", errNotSent)
+	errQueueLeft    = fmt.Errorf("%w: the caller left", errNotSent)
+)
 
 // sendRead sends the read of full with token, directly when fewer than max
 // reads are in flight, else in the next pipeline; ctx bounds the wait
@@ -88,29 +95,43 @@ func (c *Cache) sendRead(ctx context.Context, full, token string) (string, error
 	if c.hookQueued != nil {
 		c.hookQueued(full)
 	}
+	var why error
 	select {
 	case <-r.wake:
+		return c.takeReply(ctx, r)
+	case <-callerDone(ctx):
+		why = context.Canceled // the caller's ctx ended (cancelled or past its own deadline)
 	case <-ctx.Done():
-		b.mu.Lock()
-		switch r.state {
-		case reqQueued:
-			b.removeLocked(r)
-			b.mu.Unlock()
-			return "", errQueueTimeout
-		case reqLeading: // made the sender as we leave: send without us
-			r.state = reqLeft
-			batch := r.batch
-			b.mu.Unlock()
-			go c.sendBatch(batch, time.Now().Add(c.cfg.OpTimeout))
-			return "", ctx.Err()
-		case reqSent:
-			r.state = reqLeft
-			b.mu.Unlock()
-			return "", ctx.Err() // sent: it may still take effect (a lost reply)
-		}
-		b.mu.Unlock() // reqDone: the reply beat the deadline
-		return r.res, r.err
+		why = ctx.Err() // OpTimeout
 	}
+	b.mu.Lock()
+	switch r.state {
+	case reqQueued:
+		b.removeLocked(r)
+		b.mu.Unlock()
+		if why == context.Canceled {
+			return "", errQueueLeft
+		}
+		return "", errQueueTimeout
+	case reqLeading: // made the sender as we leave: send without us
+		r.state = reqLeft
+		batch := r.batch
+		b.mu.Unlock()
+		go c.sendBatch(batch, time.Now().Add(c.cfg.OpTimeout))
+		return "", why
+	case reqSent:
+		r.state = reqLeft
+		b.mu.Unlock()
+		return "", why // sent: it may still take effect (a lost reply)
+	}
+	b.mu.Unlock() // reqDone: the reply beat the deadline
+	return r.res, r.err
+}
+
+// takeReply is sendRead's part after r was woken: it sends r's batch if r
+// leads one, and returns r's reply.
+func (c *Cache) takeReply(ctx context.Context, r *readReq) (string, error) {
+	b := &c.reads
 	b.mu.Lock()
 	lead := r.state == reqLeading
 	batch := r.batch

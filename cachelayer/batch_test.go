@@ -2,6 +2,7 @@ package cachelayer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -159,5 +160,39 @@ func TestQueuedReadKeepsItsOpTimeout(t *testing.T) {
 	single, piped := log.counts()
 	if single["evalsha"]+single["eval"] != 0 || len(piped) != 0 {
 		t.Fatalf("commands %v, pipelines %v: a read that was never sent released a lease", single, piped)
+	}
+}
+
+// TestQueuedReadLeavesWithItsCaller: a read waiting for a slot returns as
+// soon as its caller's context is cancelled — long before its OpTimeout —
+// with the caller's error, and, never sent, releases no lease.
+func TestQueuedReadLeavesWithItsCaller(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 20*time.Second)
+	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+	log := &pipelineLog{}
+	h.AddHook(log)
+	c := New(h, &Config{Prefix: testsvc.Prefix(t), ReadsInFlight: 1, OpTimeout: time.Minute})
+	load := func(context.Context) (row, error) { return sampleRow(7), nil }
+	if err := c.Set(ctx, "held", sampleRow(7), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	first := fetchAsync(ctx, t, c, "held", load)
+	<-h.entered
+	cctx, cancel := context.WithCancel(ctx)
+	c.hookQueued = func(string) { cancel() }
+	if _, err := Fetch(cctx, c, "other", time.Minute, load); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want the caller's context.Canceled while the slot is still held", err)
+	}
+	close(h.release)
+	<-first
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if single, piped := log.counts(); single["evalsha"]+single["eval"] != 0 || len(piped) != 0 {
+		t.Fatalf("commands %v, pipelines %v: a read that was never sent released a lease", single, piped)
+	}
+	if st := c.Stats(); st.RedisErrors != 0 {
+		t.Fatalf("stats %+v: a caller leaving is no Redis failure", st)
 	}
 }

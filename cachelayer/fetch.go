@@ -127,7 +127,7 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 			token := c.tokens.next()
 			sent := time.Now()
 			s, err := c.readOrLease(ctx, full, token, br)
-			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) && !errors.Is(err, errQueueTimeout) {
+			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) && !errors.Is(err, errNotSent) {
 				// The reply was lost (timeout, cancellation, a dropped
 				// connection): the SET may have put our lease in an empty
 				// key, and no flight of ours will fill or release it. Left
@@ -176,6 +176,10 @@ func (c *Cache) readOrLease(ctx context.Context, full, token string, br *breaker
 	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
 	s, err := c.sendRead(opCtx, full, token)
 	cancel()
+	if err == errQueueLeft { // the caller left before the read was sent: nothing to count or release
+		br.neutral()
+		return "", err
+	}
 	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
 		redis.HasErrorPrefix(err, "NOREPLICAS")) {
 		// Redis refuses writes — maxmemory with noeviction refuses even a

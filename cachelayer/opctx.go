@@ -12,14 +12,18 @@ import (
 // third of a warm hit's allocations. readCtx instead returns:
 //
 //   - the caller's ctx itself when its deadline is already within OpTimeout;
-//   - for a ctx that can never be cancelled (Done() == nil, as
-//     context.Background), a context whose Deadline is exactly now+OpTimeout
-//     (what go-redis sets its socket deadlines from) and whose Done channel is
+//   - otherwise a context whose Deadline is exactly now+OpTimeout (what
+//     go-redis sets its socket deadlines from) and whose Done channel is
 //     shared by every read whose deadline falls in the same short window
 //     (OpTimeout/16), closed by one timer at the window's end — so a read
 //     waiting for a pooled connection is released at most a window after its
-//     deadline;
-//   - context.WithTimeout otherwise.
+//     deadline. The caller's cancellation does not close it: go-redis never
+//     watches Done during a socket read anyway (only the deadline bounds
+//     it), so what a cancelled caller loses is at most OpTimeout of a read it
+//     no longer waits for — the queue of busy reads (sendRead) and Fetch
+//     itself watch the caller's ctx and return at once. This is what a
+//     request's context (cancellable, deadline seconds away) gets: a
+//     context.WithTimeout per read was four allocations and a timer.
 type readDeadlines struct {
 	window time.Duration
 	cur    atomic.Pointer[deadlineWindow] // the window most reads fall in now
@@ -44,10 +48,17 @@ func (d *readDeadlines) readCtx(ctx context.Context, timeout time.Duration) (con
 	if dl, ok := ctx.Deadline(); ok && !dl.After(deadline) {
 		return ctx, func() {}
 	}
-	if ctx.Done() != nil {
-		return context.WithDeadline(ctx, deadline)
-	}
 	return &windowCtx{Context: ctx, deadline: deadline, done: d.windowFor(deadline.UnixNano())}, func() {}
+}
+
+// callerDone returns the Done channel of the caller's context behind a
+// read's ctx (from readCtx): ctx's own, or its parent's for a windowCtx,
+// whose Done closes only at its deadline.
+func callerDone(ctx context.Context) <-chan struct{} {
+	if w, ok := ctx.(*windowCtx); ok {
+		return w.Context.Done()
+	}
+	return ctx.Done()
 }
 
 // windowFor returns the Done channel of the window that ends at or after
@@ -76,9 +87,10 @@ func (d *readDeadlines) windowFor(deadline int64) <-chan struct{} {
 
 // windowCtx is a context that is never cancelled but by its deadline: Done
 // closes at the end of the deadline's window, Err reports
-// context.DeadlineExceeded from then on.
+// context.DeadlineExceeded from then on. Values come from the parent, whose
+// cancellation it ignores (see readCtx).
 type windowCtx struct {
-	context.Context // the parent: its values; it has no Done channel
+	context.Context // the parent: its values
 	deadline        time.Time
 	done            <-chan struct{}
 }

@@ -32,20 +32,29 @@ func TestReadCtxBoundsWithoutATimerPerRead(t *testing.T) {
 	}
 	<-ctx2.Done() // a read of the same moment shares (or follows) the window
 
-	// A caller's earlier deadline is used as it is; a cancellable ctx keeps
-	// its cancellation.
+	// A caller's earlier deadline is used as it is; a cancellable ctx gets
+	// the read's deadline and window too (no timer of its own), and its
+	// cancellation shows in callerDone, which the queue of busy reads
+	// watches.
 	parent, pcancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer pcancel()
 	if got, _ := d.readCtx(parent, time.Second); got != parent {
 		t.Fatal("a ctx with an earlier deadline was wrapped")
 	}
-	cctx, ccancel := context.WithCancel(context.Background())
+	type key struct{}
+	cctx, ccancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
 	got, gcancel := d.readCtx(cctx, time.Minute)
 	defer gcancel()
+	if _, ok := got.(*windowCtx); !ok || got.Value(key{}) != "v" {
+		t.Fatalf("a cancellable ctx got %T (value %v), want a windowCtx keeping its values", got, got.Value(key{}))
+	}
 	ccancel()
 	select {
-	case <-got.Done():
+	case <-callerDone(got):
 	case <-time.After(5 * time.Second):
-		t.Fatal("cancelling the caller's ctx did not end the read's")
+		t.Fatal("cancelling the caller's ctx did not show in callerDone")
+	}
+	if got.Err() != nil {
+		t.Fatalf("the read's ctx ended with its caller (%v): it ends at its deadline only", got.Err())
 	}
 }
