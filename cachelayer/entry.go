@@ -86,11 +86,14 @@ func (JSON) Unmarshal(data []byte, v any) error {
 const (
 	formatVersion = 1
 
-	kindValue    = 1 // header + codec bytes
-	kindNotFound = 2 // header only: the loader said ErrNotFound
+	kindValue     = 1 // header + codec bytes
+	kindNotFound  = 2 // header only: the loader said ErrNotFound
+	kindVersioned = 3 // header + the value's CacheVersion (8 bytes, big-endian) + codec bytes
 
-	headerValue    = formatVersion<<4 | kindValue
-	headerNotFound = formatVersion<<4 | kindNotFound
+	headerValue     = formatVersion<<4 | kindValue
+	headerNotFound  = formatVersion<<4 | kindNotFound
+	headerVersioned = formatVersion<<4 | kindVersioned
+	versionLen      = 8
 
 	leaseMagic = 0x00 // first byte of a lease placeholder: 0x00 'L' + token
 	leaseMark  = 'W'  // second byte of a lease a waiter has marked: 0x00 'W' + token
@@ -119,6 +122,10 @@ func classify(s string) (entryKind, string) {
 	switch s[0] {
 	case headerValue:
 		return entryValue, s[1:]
+	case headerVersioned:
+		if len(s) >= 1+versionLen {
+			return entryValue, s[1+versionLen:]
+		}
 	case headerNotFound:
 		if len(s) == 1 {
 			return entryNotFound, ""
@@ -148,16 +155,31 @@ func decodeEntry(codec Codec, s string, dst any) (entryKind, error) {
 	return kind, nil
 }
 
-// encodeValue returns header + codec bytes of v.
+// encodeValue returns header + codec bytes of v; for a [Versioned] v, the
+// header of a versioned value and its version between them (what Replace
+// compares).
 func encodeValue(codec Codec, v any) ([]byte, error) {
 	b, err := codec.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
+	if vv, ok := v.(Versioned); ok {
+		out := make([]byte, 1+versionLen+len(b))
+		out[0] = headerVersioned
+		binary.BigEndian.PutUint64(out[1:], uint64(vv.CacheVersion()))
+		copy(out[1+versionLen:], b)
+		return out, nil
+	}
 	out := make([]byte, 1+len(b))
 	out[0] = headerValue
 	copy(out[1:], b)
 	return out, nil
+}
+
+// payloadOf returns the codec bytes of an entry encodeValue made.
+func payloadOf(entry string) string {
+	_, payload := classify(entry)
+	return payload
 }
 
 // notFoundEntry is the stored not-found marker.

@@ -700,7 +700,7 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 			return true, false
 		}
 		entry, px = string(b), c.jittered(ttl)
-		res.setEncoded(entry[1:])
+		res.setEncoded(payloadOf(entry))
 	}
 	if !c.breakerFor(full).allow() {
 		return true, false // the lease expires by itself

@@ -54,7 +54,7 @@ func (c *Cache) DeleteFullEach(ctx context.Context, fullKeys []string) (errs []e
 				kerrs[j] = err
 			}
 		} else {
-			kerrs = c.deleteEach(ctx, keys)
+			kerrs = c.deleteEach(ctx, keys, nil)
 		}
 		for j, i := range valid {
 			if kerrs != nil {
@@ -89,7 +89,7 @@ type deleteGroup struct {
 // nil or one error per key. Invalidations counts each key whose UNLINK
 // Redis acknowledged; InvalidationFailures counts a call of which some key
 // did not reach Redis.
-func (c *Cache) deleteEach(ctx context.Context, keys []string) []error {
+func (c *Cache) deleteEach(ctx context.Context, keys []string, repls []*replacement) []error {
 	c.forget(keys)
 	defer c.forget(keys)
 	ictx, cancel := context.WithTimeout(ctx, c.cfg.InvalidateTimeout)
@@ -108,11 +108,11 @@ func (c *Cache) deleteEach(ctx context.Context, keys []string) []error {
 		return errs
 	}
 	if len(groups) == 1 {
-		c.deleteGroup(ctx, ictx, keys, groups[0], errs)
+		c.deleteGroup(ctx, ictx, keys, repls, groups[0], errs)
 	} else {
 		var wg sync.WaitGroup
 		for _, g := range groups {
-			wg.Go(func() { c.deleteGroup(ctx, ictx, keys, g, errs) })
+			wg.Go(func() { c.deleteGroup(ctx, ictx, keys, repls, g, errs) })
 		}
 		wg.Wait()
 	}
@@ -196,7 +196,7 @@ func (c *Cache) waitFor(ctx context.Context, g *deleteGroup) int {
 
 // deleteGroup deletes the keys of one group in one round trip and sets
 // their errors in errs.
-func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteGroup, errs []error) {
+func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, repls []*replacement, g *deleteGroup, errs []error) {
 	fail := func(err error) {
 		for _, i := range g.idx {
 			errs[i] = err
@@ -215,6 +215,11 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteG
 	}
 	unlinks := make([]*redis.IntCmd, len(g.idx))
 	for j, i := range g.idx {
+		if repls != nil && repls[i] != nil {
+			unlinks[j] = repls[i].cmd(ictx, c, keys[i], replaceScript.Hash())
+			_ = pipe.Process(ictx, unlinks[j])
+			continue
+		}
 		unlinks[j] = pipe.Unlink(ictx, keys[i])
 	}
 	var waited *redis.IntCmd
@@ -227,6 +232,18 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, g *deleteG
 		_ = pipe.Process(ictx, waited)
 	}
 	_, err := pipe.Exec(ictx)
+	for j, i := range g.idx {
+		if repls != nil && repls[i] != nil && redis.HasErrorPrefix(unlinks[j].Err(), "NOSCRIPT") {
+			// The script is not loaded (a restarted Redis): EVAL loads it.
+			cmd := repls[i].cmd(ictx, c, keys[i], "")
+			if g.node != nil {
+				_ = g.node.Process(ictx, cmd)
+			} else {
+				_ = c.rdb.Process(ictx, cmd)
+			}
+			unlinks[j] = cmd
+		}
+	}
 
 	// One outcome for the breaker: a failure to talk to the master, else
 	// an error reply that says it cannot serve, else success.

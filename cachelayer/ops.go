@@ -139,7 +139,7 @@ func (c *Cache) deleteFull(ctx context.Context, full []string) error {
 		c.forget(full)
 		return nil
 	}
-	return joinDeleteErrors(c.deleteEach(ctx, full))
+	return joinDeleteErrors(c.deleteEach(ctx, full, nil))
 }
 
 // forget makes the in-process flights of full keys unjoinable.

@@ -20,6 +20,16 @@ type CachedConfig struct {
 	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 2 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
+	// WriteThrough makes the invalidation after a committed change store
+	// the new balance where Redis holds an older version of it
+	// (cachelayer.ReplaceFull: one script instead of UNLINK), so the next
+	// read in every process is a hit instead of a miss and a load; any
+	// other entry (none, a lease, a newer version) is deleted as without
+	// it. Off by default: DESIGN rule 4 deletes the key. The freshness
+	// guarantees are the same either way (versions grow in commit order; a
+	// late replace never overwrites a newer balance nor refills an emptied
+	// key).
+	WriteThrough bool
 }
 
 // Cached is a [Repo] that serves balances through a cachelayer.Cache (key
@@ -39,6 +49,8 @@ type Cached struct {
 	cache  *cachelayer.Cache
 	ttl    time.Duration
 	outbox *outbox.Outbox
+
+	writeThrough bool
 }
 
 var _ Repo = (*Cached)(nil)
@@ -54,7 +66,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	ob := outbox.New(store.pool, c, outbox.Config{
 		Domain: OutboxDomain, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
 	})
-	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob}
+	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob, writeThrough: cfg.WriteThrough}
 }
 
 // Balance implements [Repo]: a read through the cache, or from Postgres while
@@ -90,7 +102,13 @@ func (c *Cached) change(ctx context.Context, ch Change, sign int64) (Balance, er
 	// Committed, or possibly committed (ErrCommitUnknown): invalidate as if
 	// it was. If it was not, the row does not exist and the pending mark
 	// clears at the next sweep.
-	c.outbox.Invalidate(ctx, inv)
+	if c.writeThrough && err == nil {
+		c.outbox.InvalidateWith(ctx, inv, func(ctx context.Context, full string) error {
+			return cachelayer.ReplaceFull(ctx, c.cache, full, b, c.ttl)
+		})
+	} else {
+		c.outbox.Invalidate(ctx, inv)
+	}
 	if err != nil {
 		return Balance{}, err
 	}

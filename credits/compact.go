@@ -100,3 +100,8 @@ var (
 	_ cachelayer.CompactMarshaler   = Balance{}
 	_ cachelayer.CompactUnmarshaler = (*Balance)(nil)
 )
+
+// CacheVersion implements cachelayer.Versioned: a balance's Version grows
+// by one with every change, in commit order, so the cache can tell an older
+// cached balance from a newer one (CachedConfig.WriteThrough).
+func (b Balance) CacheVersion() int64 { return b.Version }

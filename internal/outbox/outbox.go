@@ -203,6 +203,15 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, key string) (Invalidatio
 // pending: such a process reads from Postgres anyway, and a mark would live
 // until another instance swept the row.
 func (o *Outbox) Invalidate(ctx context.Context, inv Invalidation) {
+	o.InvalidateWith(ctx, inv, nil)
+}
+
+// InvalidateWith is [Outbox.Invalidate] with replace, when not nil, in
+// place of the key's delete: an invalidation that stores the new value
+// where Redis holds an older one (cachelayer.ReplaceFull), with the same
+// bookkeeping — the row is done, and the key no longer pending, only once
+// replace reported success.
+func (o *Outbox) InvalidateWith(ctx context.Context, inv Invalidation, replace func(ctx context.Context, fullKey string) error) {
 	if inv.ID == 0 {
 		return
 	}
@@ -214,7 +223,12 @@ func (o *Outbox) Invalidate(ctx context.Context, inv Invalidation) {
 	}
 	o.markPending(id, key)
 	epoch := o.inv.TopologyEpoch()
-	if errs := o.inv.DeleteFullEach(ctx, []string{key}); len(errs) > 0 && errs[0] != nil {
+	if replace != nil {
+		if err := replace(ctx, key); err != nil {
+			o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
+			return
+		}
+	} else if errs := o.inv.DeleteFullEach(ctx, []string{key}); len(errs) > 0 && errs[0] != nil {
 		o.log.Debug("invalidation left to the sweeper", "key", key, "err", errs[0])
 		return
 	}
