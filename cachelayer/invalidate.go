@@ -213,10 +213,13 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, repls []*r
 	} else {
 		pipe = c.rdb.Pipeline()
 	}
+	// Each key's delete is UNLINK, or for a Replace the replace script,
+	// sent as EVAL so that it never fails NOSCRIPT after a restart (a retry
+	// would fall outside the pipeline's WAIT).
 	unlinks := make([]*redis.IntCmd, len(g.idx))
 	for j, i := range g.idx {
 		if repls != nil && repls[i] != nil {
-			unlinks[j] = repls[i].cmd(ictx, c, keys[i], replaceScript.Hash())
+			unlinks[j] = repls[i].cmd(ictx, c, keys[i])
 			_ = pipe.Process(ictx, unlinks[j])
 			continue
 		}
@@ -232,18 +235,6 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, repls []*r
 		_ = pipe.Process(ictx, waited)
 	}
 	_, err := pipe.Exec(ictx)
-	for j, i := range g.idx {
-		if repls != nil && repls[i] != nil && redis.HasErrorPrefix(unlinks[j].Err(), "NOSCRIPT") {
-			// The script is not loaded (a restarted Redis): EVAL loads it.
-			cmd := repls[i].cmd(ictx, c, keys[i], "")
-			if g.node != nil {
-				_ = g.node.Process(ictx, cmd)
-			} else {
-				_ = c.rdb.Process(ictx, cmd)
-			}
-			unlinks[j] = cmd
-		}
-	}
 
 	// One outcome for the breaker: a failure to talk to the master, else
 	// an error reply that says it cannot serve, else success.

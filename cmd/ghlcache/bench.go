@@ -213,8 +213,8 @@ func printBench(w io.Writer, r *bench.Results) error {
 		}
 		for _, m := range t.rows {
 			if c := m.Cache; c != nil {
-				fmt.Fprintf(w, "ghlcache's reads (last round): %d hits, %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks; %d invalidations, %d failed\n",
-					c.Hits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Invalidations, c.InvalidationFailures)
+				fmt.Fprintf(w, "%s's reads (last round): %d hits, %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks; %d invalidations, %d failed\n",
+					m.System, c.Hits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Invalidations, c.InvalidationFailures)
 			}
 		}
 	}
@@ -320,6 +320,15 @@ func benchTargets(r *bench.Results) []target {
 	if gh != nil {
 		add(gh.StaleReads == 0, "95/5: 0 stale reads for ghlcache: %d", gh.StaleReads)
 	}
+	if wt := cold(r.Mixed, bench.KindGhlcacheWT); wt != nil && grc != nil && pg != nil {
+		add(ratio(wt.OpsPerSec, grc.OpsPerSec) >= 1, "(opt-in write-through) 95/5 ops/s ≥ 1.0× go-redis/cache: %.2f×", ratio(wt.OpsPerSec, grc.OpsPerSec))
+		x := ratio(float64(wt.MachineCPUPerOp), float64(grc.MachineCPUPerOp))
+		add(x > 0 && x <= 1, "(opt-in write-through) 95/5 machine CPU per op ≤ 1.0× go-redis/cache: %.2f×", x)
+		add(wt.SelectsPerRead <= 0.15 && wt.SelectsPerRead <= grc.SelectsPerRead,
+			"(opt-in write-through) 95/5 Postgres SELECTs per read ≤ 0.15 and ≤ go-redis/cache's: %.3f", wt.SelectsPerRead)
+		add(ratio(wt.OpsPerSec, pg.OpsPerSec) >= 1, "(opt-in write-through) 95/5 ops/s ≥ 1.0× Postgres alone: %.2f×", ratio(wt.OpsPerSec, pg.OpsPerSec))
+		add(wt.StaleReads == 0, "(opt-in write-through) 95/5: 0 stale reads: %d", wt.StaleReads)
+	}
 	if h, p := cold(r.ReadOnly, bench.KindGhlcache), cold(r.ReadOnly, bench.KindGoRedisCache); h != nil && p != nil {
 		add(ratio(h.OpsPerSec, p.OpsPerSec) >= 1, "read-only Zipf from cold ≥ 1.0× go-redis/cache: %.2f×", ratio(h.OpsPerSec, p.OpsPerSec))
 	}
@@ -330,8 +339,8 @@ func benchTargets(r *bench.Results) []target {
 		}
 	}
 	for _, st := range r.Staleness {
-		if st.System == string(bench.KindGhlcache) {
-			add(st.MaxStale == 0, "staleness probe: 0 stale keys for ghlcache: %d (worst %d)", st.StaleKeys, st.MaxStale)
+		if bench.Kind(st.System).IsGhlcache() {
+			add(st.MaxStale == 0, "staleness probe: 0 stale keys for %s: %d (worst %d)", st.System, st.StaleKeys, st.MaxStale)
 		}
 	}
 	return out

@@ -37,6 +37,7 @@ var systemColors = map[string]string{
 	string(bench.KindGoRedisCache): "#cc79a7",
 	string(bench.KindGoRedisTiny):  "#d55e00",
 	string(bench.KindGhlcache):     "#009e73",
+	string(bench.KindGhlcacheWT):   "#56b4e9",
 }
 
 // hitCharts turns the hit-heavy rows into a throughput and a latency chart,

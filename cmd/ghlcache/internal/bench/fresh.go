@@ -114,7 +114,7 @@ func runFresh(ctx context.Context, kind Kind, envs []SystemEnv, load MixedLoad, 
 		return res, err
 	}
 	res.load, res.costs = r, m.Stop(r.Reads, r.Writes, r.CPU)
-	if kind == KindGhlcache {
+	if kind.IsGhlcache() {
 		b := &CacheCounters{}
 		for _, s := range insts {
 			*b = b.Add(StatsDelta(s.(*ghlcacheSystem).Stats(), cachelayer.Stats{}))

@@ -48,12 +48,16 @@ const (
 	KindGoRedisCache Kind = "go-redis/cache"         // github.com/go-redis/cache/v9 Once, Redis only
 	KindGoRedisTiny  Kind = "go-redis/cache+tinylfu" // the same with its local TinyLFU
 	KindGhlcache     Kind = "ghlcache"               // credits.Cached on cachelayer
+	KindGhlcacheWT   Kind = "ghlcache+write-through" // the same with CachedConfig.WriteThrough (opt-in)
 	balanceTTL            = 10 * time.Minute         // every cache, for balances: longer than a run, so warm keys stay warm
 	tinyLFUSize           = 100_000                  // entries of go-redis/cache's local cache
 )
 
 // Kinds lists the systems in the order the bench runs and reports them.
-var Kinds = []Kind{KindPostgres, KindNaive, KindGoRedisCache, KindGoRedisTiny, KindGhlcache}
+var Kinds = []Kind{KindPostgres, KindNaive, KindGoRedisCache, KindGoRedisTiny, KindGhlcache, KindGhlcacheWT}
+
+// IsGhlcache reports whether the system is ghlcache, in any configuration.
+func (k Kind) IsGhlcache() bool { return k == KindGhlcache || k == KindGhlcacheWT }
 
 // Cached reports whether the system has a cache.
 func (k Kind) Cached() bool { return k != KindPostgres }
@@ -86,7 +90,7 @@ func NewSystem(kind Kind, env SystemEnv) (System, error) {
 			opts.LocalCache = gocache.NewTinyLFU(tinyLFUSize, balanceTTL)
 		}
 		return &goRedisCacheSystem{store: store, rdb: rdb, c: gocache.New(opts), prefix: env.Prefix}, nil
-	case KindGhlcache:
+	case KindGhlcache, KindGhlcacheWT:
 		logger := env.Logger
 		if logger == nil {
 			logger = slog.New(slog.DiscardHandler)
@@ -94,7 +98,7 @@ func NewSystem(kind Kind, env SystemEnv) (System, error) {
 		cache := cachelayer.New(rdb, &cachelayer.Config{Prefix: env.Prefix, Logger: logger})
 		return &ghlcacheSystem{
 			rdb: rdb, cache: cache,
-			repo: credits.NewCached(store, cache, &credits.CachedConfig{TTL: balanceTTL, Logger: logger}),
+			repo: credits.NewCached(store, cache, &credits.CachedConfig{TTL: balanceTTL, Logger: logger, WriteThrough: kind == KindGhlcacheWT}),
 		}, nil
 	}
 	_ = rdb.Close()
