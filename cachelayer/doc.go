@@ -43,25 +43,35 @@
 //     whose own Redis read succeeded never takes an answer whose source (a
 //     Redis read, a fill, a load — fallback loads of its process included)
 //     began before the read did; it starts over instead.
-//   - No shared replies: every Fetch sends its own read (no goroutine or
-//     channel per read), so no caller gets a reply to a read sent before it
-//     arrived. In degraded modes — the breaker open, the read failing, or
+//   - No reply older than its read: a read is sent on its own, or — while
+//     Config.ReadsInFlight reads are already on their way — waits and goes
+//     out with the other waiting reads in one pipeline, reads of one key
+//     sharing one command. A read is never joined to a command already sent,
+//     so no caller gets a reply to a read sent before it arrived. No
+//     goroutine is started per read or per pipeline. In degraded modes — the breaker open, the read failing, or
 //     no-cache mode — a read is served by a load shared only within the
 //     process and may return a value loaded at most one load duration before
 //     it began. A read whose flight exhausted its lease wait loads without
 //     Redis (shared, and never older than the read).
 //   - Bounded latency: with a Cache from [Open], a read waits on Redis at
 //     most Config.OpTimeout (a cache from [New] only if its client has
-//     ContextTimeoutEnabled; a read whose ctx can never be cancelled waits
-//     for a pooled connection at most OpTimeout/16 longer). Redis failures are never read failures: the
-//     read falls back to its loader. After Config.BreakerFailures consecutive
+//     ContextTimeoutEnabled; a read waits for a pooled connection at most
+//     OpTimeout/16 longer — the read's context is a shared deadline window,
+//     not a timer per read, which a cancelled caller does not close: the
+//     caller's Fetch still returns at once from the queue of waiting reads,
+//     and at the latest at OpTimeout from a read already sent). Redis
+//     failures are never read failures: the read falls back to its loader. After Config.BreakerFailures consecutive
 //     failures a circuit breaker skips Redis; after Config.BreakerCooldown
 //     one probe goes through, and success closes it. Recovery is automatic.
 //     redis.Nil and the caller's own cancellation are not failures.
 //   - Values are stored as one header byte (format version, kind) and the
 //     [Codec]'s bytes (JSON by default, without HTML escaping, so a
 //     json.RawMessage round-trips byte for byte; a [CompactMarshaler] such
-//     as credits.Balance in its own compact form). Fetch replaces undecodable entries,
+//     as credits.Balance in its own compact form). The value of a
+//     [Versioned] type carries its version between header and codec bytes,
+//     which lets [Replace] — an invalidation that stores the new value where
+//     Redis holds an older version, and deletes as Delete does otherwise —
+//     tell an older copy from a newer one. Fetch replaces undecodable entries,
 //     entries of another format version and keys of another type (Corrupt);
 //     values larger than Config.MaxValueBytes are served but not cached.
 //     Each fill's TTL is shortened at random by up to Config.Jitter.
