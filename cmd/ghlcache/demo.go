@@ -59,6 +59,7 @@ says so, and removes the containers at the end.`,
 		fs.IntVar(&o.concurrency, "concurrency", 16, "goroutines of the workload")
 		fs.IntVar(&o.burst, "burst", 1000, "goroutines of the cold-key burst")
 		fs.BoolVar(&o.json, "json", false, "print the report as JSON")
+		fs.BoolVar(&o.writeThrough, "write-through", false, "cached phase: a change stores the new balance over an older cached one (credits.CachedConfig.WriteThrough) instead of deleting it")
 		return func(ctx context.Context, e *env, _ []string) error {
 			return runDemo(ctx, e, o)
 		}
@@ -71,6 +72,7 @@ type demoOptions struct {
 	users, workflows   int
 	concurrency, burst int
 	json               bool
+	writeThrough       bool
 }
 
 // demoCreditTypes are the credit types every demo user has.
@@ -181,7 +183,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	}
 	rep.Seeding = bench.Duration(time.Since(seedStart).Round(time.Millisecond))
 	d.creditStore, d.wfStore = credits.NewStore(pool), workflows.NewStore(pool)
-	d.credits = credits.NewCached(d.creditStore, cache, &credits.CachedConfig{Logger: logger})
+	d.credits = credits.NewCached(d.creditStore, cache, &credits.CachedConfig{Logger: logger, WriteThrough: o.writeThrough})
 	defer d.credits.Close()
 	d.workflows = workflows.NewCached(d.wfStore, cache, &workflows.CachedConfig{Logger: logger})
 	defer d.workflows.Close()
