@@ -11,7 +11,10 @@ import (
 )
 
 // readBatcher pipelines Fetch reads (SET key <lease> NX GET PX) when Redis
-// is busy. Up to max reads — each a pipeline of one or more commands — are
+// is busy. Each breaker has one — the Cache's for a standalone or Sentinel
+// Redis, each master's on a Cluster — so a pipeline goes to one master, and
+// a master that hangs holds up (and fails, at their OpTimeout) only the
+// reads of its own slots, never another shard's. Up to max reads — each a pipeline of one or more commands — are
 // in flight at once; a read that arrives while max are in flight waits in
 // a queue, and when one of them returns, its caller hands the whole queue
 // (up to maxBatch reads) to the first read in it, which sends them in one
@@ -77,15 +80,14 @@ var (
 // reads are in flight, else in the next pipeline; ctx bounds the wait
 // (readOrLease has bounded it by OpTimeout). It returns what the key held,
 // as the command would have.
-func (c *Cache) sendRead(ctx context.Context, full, token string) (string, error) {
-	b := &c.reads
+func (c *Cache) sendRead(ctx context.Context, br *breaker, full, token string) (string, error) {
+	b := &br.reads
 	b.mu.Lock()
 	if b.inflight < b.max || b.max == 0 {
 		b.inflight++
 		b.mu.Unlock()
-		s, err := c.readCommand(ctx, full, token)
-		c.readsDone()
-		return s, err
+		defer c.readsDone(b) // also if a hook panics: a slot must never leak
+		return c.readCommand(ctx, full, token)
 	}
 	r := readReqs.Get().(*readReq)
 	r.full, r.token, r.state = full, token, reqQueued
@@ -98,7 +100,7 @@ func (c *Cache) sendRead(ctx context.Context, full, token string) (string, error
 	var why error
 	select {
 	case <-r.wake:
-		return c.takeReply(ctx, r)
+		return c.takeReply(ctx, b, r)
 	case <-callerDone(ctx):
 		why = context.Canceled // the caller's ctx ended (cancelled or past its own deadline)
 	case <-ctx.Done():
@@ -117,7 +119,13 @@ func (c *Cache) sendRead(ctx context.Context, full, token string) (string, error
 		r.state = reqLeft
 		batch := r.batch
 		b.mu.Unlock()
-		go c.sendBatch(batch, time.Now().Add(c.cfg.OpTimeout))
+		entered := c.enter() // Close waits for it (bounded by OpTimeout)
+		go func() {
+			if entered {
+				defer c.wg.Done()
+			}
+			c.sendBatch(b, batch, time.Now().Add(c.cfg.OpTimeout))
+		}()
 		return "", why
 	case reqSent:
 		r.state = reqLeft
@@ -130,8 +138,7 @@ func (c *Cache) sendRead(ctx context.Context, full, token string) (string, error
 
 // takeReply is sendRead's part after r was woken: it sends r's batch if r
 // leads one, and returns r's reply.
-func (c *Cache) takeReply(ctx context.Context, r *readReq) (string, error) {
-	b := &c.reads
+func (c *Cache) takeReply(ctx context.Context, b *readBatcher, r *readReq) (string, error) {
 	b.mu.Lock()
 	lead := r.state == reqLeading
 	batch := r.batch
@@ -140,9 +147,11 @@ func (c *Cache) takeReply(ctx context.Context, r *readReq) (string, error) {
 		// The first read queued has the earliest deadline of its batch
 		// (each read's is OpTimeout after it began, or its caller's
 		// sooner one): the batch is bounded by it, so that no caller waits
-		// beyond its own deadline, detached from the caller's cancellation.
+		// beyond its own deadline, detached from the caller's cancellation —
+		// but never by less than one deadline window, so that a read woken
+		// just at its deadline does not send its batch only to fail it.
 		deadline, _ := ctx.Deadline()
-		c.sendBatch(batch, deadline)
+		c.sendBatch(b, batch, later(deadline, time.Now().Add(c.deadlines.window)))
 	}
 	res, err := r.res, r.err
 	*r = readReq{wake: r.wake} // its wake signal was taken: reusable as it is
@@ -163,7 +172,8 @@ func (c *Cache) readCommand(ctx context.Context, full, token string) (string, er
 // plain command), bounded by deadline and detached from the callers (each
 // waits on its own deadline), hands every read its reply, and passes the
 // next queued batch on.
-func (c *Cache) sendBatch(batch []*readReq, deadline time.Time) {
+func (c *Cache) sendBatch(b *readBatcher, batch []*readReq, deadline time.Time) {
+	defer c.readsDone(b) // also if a hook panics: a slot must never leak
 	ctx, cancel := c.deadlines.readCtx(context.Background(), time.Until(deadline))
 	if len(batch) == 1 {
 		r := batch[0]
@@ -171,8 +181,7 @@ func (c *Cache) sendBatch(batch []*readReq, deadline time.Time) {
 		_ = c.rdb.Process(ctx, cmd)
 		r.res, r.err = cmd.Result()
 		cancel()
-		c.deliver(batch)
-		c.readsDone()
+		c.deliver(b, batch)
 		return
 	}
 	// first[i] is the read whose command answers read i: the first of
@@ -220,14 +229,12 @@ func (c *Cache) sendBatch(batch []*readReq, deadline time.Time) {
 		}
 		r.res, r.err = res, err
 	}
-	c.deliver(batch)
-	c.readsDone()
+	c.deliver(b, batch)
 }
 
 // deliver wakes the reads of a sent batch but its sender (whose caller is
 // running it, or has left).
-func (c *Cache) deliver(batch []*readReq) {
-	b := &c.reads
+func (c *Cache) deliver(b *readBatcher, batch []*readReq) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i, r := range batch {
@@ -243,8 +250,7 @@ func (c *Cache) deliver(batch []*readReq) {
 
 // readsDone ends one read in flight: the queue, if any, becomes the next
 // batch, sent by its first read.
-func (c *Cache) readsDone() {
-	b := &c.reads
+func (c *Cache) readsDone(b *readBatcher) {
 	b.mu.Lock()
 	if len(b.queue) == 0 {
 		b.inflight--
@@ -276,4 +282,12 @@ func (b *readBatcher) removeLocked(r *readReq) {
 			return
 		}
 	}
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -15,6 +15,7 @@ import (
 // allow is lock-free while closed (one atomic load), which keeps the hit
 // path cheap; state changes take mu.
 type breaker struct {
+	reads     readBatcher // the Fetch reads of the breaker's Redis (or master) in flight and waiting
 	threshold int
 	cooldown  time.Duration
 	// probeTTL is how long a half-open probe may go unreported before

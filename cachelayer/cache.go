@@ -38,7 +38,6 @@ type Cache struct {
 	leasePX   any            // LeaseTTL in ms, boxed once for the read command
 	tokens    *leaseTokens   // this Cache's lease placeholders
 	deadlines *readDeadlines // OpTimeout bounds of Fetch reads without a timer each
-	reads     readBatcher    // pipelines Fetch reads while Redis is busy
 	seq       atomic.Int64   // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
@@ -165,7 +164,6 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 		deadlines: newReadDeadlines(conf.OpTimeout),
 	}
 	c.notes.channel = fillChannel(conf.Prefix)
-	c.reads.max = max(conf.ReadsInFlight, 0) // negative: 0, no limit
 	c.br = c.newBreaker(conf.Logger)
 	if rdb != nil && !contextTimeoutEnabled(rdb) {
 		c.log.Warn("cachelayer: redis client lacks ContextTimeoutEnabled; a hung Redis can stall reads beyond OpTimeout",
@@ -196,6 +194,7 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 // checks the topology.
 func (c *Cache) newBreaker(logger *slog.Logger) *breaker {
 	return &breaker{
+		reads:     readBatcher{max: max(c.cfg.ReadsInFlight, 0)}, // negative: 0, no limit
 		threshold: c.cfg.BreakerFailures,
 		cooldown:  c.cfg.BreakerCooldown,
 		probeTTL:  c.cfg.BreakerCooldown + c.cfg.InvalidateTimeout + c.cfg.OpTimeout,

@@ -174,7 +174,7 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 // has already looked up).
 func (c *Cache) readOrLease(ctx context.Context, full, token string, br *breaker) (string, error) {
 	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
-	s, err := c.sendRead(opCtx, full, token)
+	s, err := c.sendRead(opCtx, br, full, token)
 	cancel()
 	if err == errQueueLeft { // the caller left before the read was sent: nothing to count or release
 		br.neutral()

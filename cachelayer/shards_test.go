@@ -558,3 +558,88 @@ func TestTopologyEpochSentinelFailover(t *testing.T) {
 	waitFor(t, 15*time.Second, "a new epoch after the Sentinel failover", func() bool { return c.TopologyEpoch() != e0 })
 	waitFor(t, 15*time.Second, "deletes on the new master", func() bool { return c.Delete(ctx, "k") == nil })
 }
+
+// holdKeyHook holds the first command that names key (its second
+// argument) until release is closed.
+type holdKeyHook struct {
+	key     string
+	once    sync.Once
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (h *holdKeyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdKeyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); len(args) > 1 && (args[1] == h.key || isStringPtr(args[1], h.key)) {
+			hold := false
+			h.once.Do(func() { hold = true })
+			if hold {
+				close(h.held)
+				<-h.release
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *holdKeyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestHungMasterHoldsUpOnlyItsOwnReads: with one read slot per master
+// (ReadsInFlight 1), a read stuck on one master does not make a read of
+// another master's key wait behind it: each master has its own slots and
+// queue, and the other read is a hit at once.
+func TestHungMasterHoldsUpOnlyItsOwnReads(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a 3-master Redis Cluster")
+	}
+	ctx := ctxT(t, 30*time.Second)
+	cluster := testsvc.StartCluster(t, 3)
+	cc := cluster.Client()
+	c := New(cc, &Config{Prefix: testsvc.Prefix(t), ReadsInFlight: 1, OpTimeout: 20 * time.Second})
+	t.Cleanup(func() { _ = c.Close() })
+	byMaster := keysByMaster(ctx, t, cc, c, 1)
+	require.GreaterOrEqual(t, len(byMaster), 2)
+	var keys []string
+	for _, ks := range byMaster {
+		keys = append(keys, ks[0])
+	}
+	for _, k := range keys[:2] {
+		require.NoError(t, c.Set(ctx, k, sampleRow(5), time.Minute))
+	}
+	waitFor(t, 10*time.Second, "the slot table", func() bool { return c.shards.ready.Load() })
+	hook := &holdKeyHook{key: c.FullKey(keys[0]), held: make(chan struct{}), release: make(chan struct{})}
+	cc.AddHook(hook)
+	t.Cleanup(func() {
+		select {
+		case <-hook.release:
+		default:
+			close(hook.release)
+		}
+	})
+	load := func(context.Context) (row, error) { return sampleRow(9), nil }
+	stuck := fetchAsync(ctx, t, c, keys[0], load)
+	<-hook.held
+	v, err := Fetch(ctx, c, keys[1], time.Minute, load)
+	require.NoError(t, err)
+	require.Equal(t, sampleRow(5), v, "a hit from the other master")
+	select {
+	case <-stuck:
+		t.Fatal("the held read returned before its release")
+	default:
+	}
+	st := c.Stats()
+	require.Equal(t, int64(1), st.Hits)
+	require.Zero(t, st.Fallbacks)
+	close(hook.release)
+	require.Equal(t, sampleRow(5), <-stuck)
+}
+
+// isStringPtr reports whether a is a *string holding s (the form Fetch
+// passes its key in, to save an allocation).
+func isStringPtr(a any, s string) bool {
+	p, ok := a.(*string)
+	return ok && *p == s
+}
