@@ -181,6 +181,9 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	if err := d.seed(ctx); err != nil {
 		return redact.Wrap(dbURL, err, "demo: seed")
 	}
+	if err := bench.Vacuum(ctx, pool); err != nil { // the database lives from run to run (see bench.Vacuum)
+		return redact.Wrap(dbURL, err, "demo")
+	}
 	rep.Seeding = bench.Duration(time.Since(seedStart).Round(time.Millisecond))
 	d.creditStore, d.wfStore = credits.NewStore(pool), workflows.NewStore(pool)
 	d.credits = credits.NewCached(d.creditStore, cache, &credits.CachedConfig{Logger: logger, WriteThrough: o.writeThrough})

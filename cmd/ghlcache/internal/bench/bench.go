@@ -310,6 +310,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	stale := map[Kind][]StalenessResult{}
 	coldNext, staleNext := 0, 0
 	for round := range cfg.Rounds {
+		if err := Vacuum(ctx, pool); err != nil { // each round on tables as autovacuum keeps them
+			return nil, err
+		}
 		order := rotate(cfg.Systems, round)
 		for _, g := range cfg.Concurrency {
 			readers := []string{FloorName}
