@@ -56,7 +56,8 @@ const (
 // caller left may still be written by its batch's sender and is not.
 type readReq struct {
 	full, token string
-	args        [7]any // the command, pointing at full and token (no allocation per argument)
+	args        [7]any      // the command, pointing at full and token (no allocation per argument)
+	cmd         redis.Cmder // instead, another command of the key (a fill), answered in itself
 	state       int
 	wake        chan struct{} // buffered 1: the reply is in, or this read leads a batch
 	batch       []*readReq    // what a leading read sends
@@ -81,17 +82,36 @@ var (
 // (readOrLease has bounded it by OpTimeout). It returns what the key held,
 // as the command would have.
 func (c *Cache) sendRead(ctx context.Context, br *breaker, full, token string) (string, error) {
+	return c.sendQueued(ctx, br, full, token, nil)
+}
+
+// sendCmd sends cmd, another command of the key full (a fill), like a read:
+// at once while a slot is free, else in the next pipeline with the reads;
+// its reply is in cmd, its error also returned (errQueueTimeout or the
+// context's when it never got an answer).
+func (c *Cache) sendCmd(ctx context.Context, br *breaker, full string, cmd redis.Cmder) error {
+	_, err := c.sendQueued(ctx, br, full, "", cmd)
+	return err
+}
+
+func (c *Cache) sendQueued(ctx context.Context, br *breaker, full, token string, cmd redis.Cmder) (string, error) {
 	b := &br.reads
 	b.mu.Lock()
 	if b.inflight < b.max || b.max == 0 {
 		b.inflight++
 		b.mu.Unlock()
 		defer c.readsDone(b) // also if a hook panics: a slot must never leak
+		if cmd != nil {
+			_ = c.rdb.Process(ctx, cmd)
+			return "", cmd.Err()
+		}
 		return c.readCommand(ctx, full, token)
 	}
 	r := readReqs.Get().(*readReq)
-	r.full, r.token, r.state = full, token, reqQueued
-	r.args = [...]any{"set", &r.full, &r.token, "nx", "get", "px", c.leasePX}
+	r.full, r.token, r.state, r.cmd = full, token, reqQueued, cmd
+	if cmd == nil {
+		r.args = [...]any{"set", &r.full, &r.token, "nx", "get", "px", c.leasePX}
+	}
 	b.queue = append(b.queue, r)
 	b.mu.Unlock()
 	if c.hookQueued != nil {
@@ -177,9 +197,14 @@ func (c *Cache) sendBatch(b *readBatcher, batch []*readReq, deadline time.Time) 
 	ctx, cancel := c.deadlines.readCtx(context.Background(), time.Until(deadline))
 	if len(batch) == 1 {
 		r := batch[0]
-		cmd := redis.NewStringCmd(ctx, r.args[:]...)
-		_ = c.rdb.Process(ctx, cmd)
-		r.res, r.err = cmd.Result()
+		if r.cmd != nil {
+			_ = c.rdb.Process(ctx, r.cmd)
+			r.err = r.cmd.Err()
+		} else {
+			cmd := redis.NewStringCmd(ctx, r.args[:]...)
+			_ = c.rdb.Process(ctx, cmd)
+			r.res, r.err = cmd.Result()
+		}
 		cancel()
 		c.deliver(b, batch)
 		return
@@ -195,15 +220,19 @@ func (c *Cache) sendBatch(b *readBatcher, batch []*readReq, deadline time.Time) 
 	send := make([]redis.Cmder, 0, len(batch))
 	for i, r := range batch {
 		first[i] = i
+		if r.cmd != nil { // a fill: sent as it is, answered in itself
+			send = append(send, r.cmd)
+			continue
+		}
 		if index != nil {
-			if j, ok := index[r.full]; ok {
+			if j, ok := index[r.full]; ok && batch[j].cmd == nil {
 				first[i] = j
 			} else {
 				index[r.full] = i
 			}
 		} else {
 			for j := range i {
-				if batch[j].full == r.full {
+				if batch[j].full == r.full && batch[j].cmd == nil {
 					first[i] = j
 					break
 				}
@@ -221,6 +250,10 @@ func (c *Cache) sendBatch(b *readBatcher, batch []*readReq, deadline time.Time) 
 	_, _ = pipe.Exec(ctx)
 	cancel()
 	for i, r := range batch {
+		if r.cmd != nil {
+			r.err = r.cmd.Err()
+			continue
+		}
 		res, err := cmds[i].Result()
 		if j := first[i]; j != i && err == redis.Nil {
 			// The key was empty and the first read of it took its lease:

@@ -196,3 +196,61 @@ func TestQueuedReadLeavesWithItsCaller(t *testing.T) {
 		t.Fatalf("stats %+v: a caller leaving is no Redis failure", st)
 	}
 }
+
+// holdReadsOf is a client whose Fetch reads of one key are held (executed,
+// then answered only once release is closed).
+type holdReadsOf struct {
+	*redis.Client
+	key     string
+	entered chan struct{} // one signal per held read
+	release chan struct{}
+}
+
+func (h *holdReadsOf) Process(ctx context.Context, cmd redis.Cmder) error {
+	err := h.Client.Process(ctx, cmd)
+	if args := cmd.Args(); cmd.Name() == "set" && len(args) > 1 && isStringPtr(args[1], h.key) {
+		h.entered <- struct{}{}
+		<-h.release
+	}
+	return err
+}
+
+// TestBusyFillWaitsForASlot: a fill issued while every slot is taken waits
+// in the queue like a read, is sent when a slot frees, and stores the value.
+func TestBusyFillWaitsForASlot(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 20*time.Second)
+	prefix := testsvc.Prefix(t)
+	h := &holdReadsOf{Client: testsvc.Redis(t), key: prefix + "held", entered: make(chan struct{}, 4), release: make(chan struct{})}
+	c := cacheOn(t, h, &Config{Prefix: prefix, ReadsInFlight: 2})
+	if err := c.Set(ctx, "held", sampleRow(1), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	queued := make(chan string, 8)
+	c.hookQueued = func(full string) { queued <- full }
+	first := fetchAsync(ctx, t, c, "held", func(context.Context) (row, error) { return sampleRow(1), nil })
+	<-h.entered // slot 1 taken
+	var second <-chan row
+	v, err := Fetch(ctx, c, "empty", time.Minute, func(context.Context) (row, error) {
+		// The read of "empty" took slot 2 and its lease; before the fill,
+		// another held read takes slot 2 again.
+		second = fetchAsync(ctx, t, c, "held", func(context.Context) (row, error) { return sampleRow(1), nil })
+		<-h.entered
+		go func() {
+			if full := <-queued; full != c.FullKey("empty") {
+				t.Errorf("queued %q, want the fill of empty", full)
+			}
+			close(h.release) // the fill waits in the queue: free the slots
+		}()
+		return sampleRow(2), nil
+	})
+	if err != nil || v != sampleRow(2) {
+		t.Fatalf("got %+v, %v", v, err)
+	}
+	<-first
+	<-second
+	requireHolds(ctx, t, c, "empty", sampleRow(2), "the queued fill stored the value")
+	if st := c.Stats(); st.RedisErrors != 0 || st.Loads != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -707,7 +707,15 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 	}
 	opCtx, cancel := c.opCtx(ctx)
 	sent := c.seq.Add(1)
-	n, err := fillScript.Run(opCtx, c.rdb, []string{full}, token, entry, px, c.notes.channel).Int64()
+	// EVALSHA, sent like a read (pipelined with the reads waiting while
+	// the master's slots are busy); EVAL loads the script after a NOSCRIPT.
+	cmd := redis.NewIntCmd(opCtx, "evalsha", fillScript.Hash(), 1, full, token, entry, px, c.notes.channel)
+	err := c.sendCmd(opCtx, c.breakerFor(full), full, cmd)
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		cmd = redis.NewIntCmd(opCtx, "eval", fillSource, 1, full, token, entry, px, c.notes.channel)
+		_ = c.rdb.Process(opCtx, cmd)
+	}
+	n, err := cmd.Result()
 	cancel()
 	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return true, false

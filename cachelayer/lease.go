@@ -56,7 +56,7 @@ return {0}
 // marked the lease, it also publishes the key on the channel ARGV[4] (a
 // failed publish, such as one an ACL forbids, fails nothing: waiters
 // re-check by themselves).
-var fillScript = redis.NewScript(`
+const fillSource = `
 local ok, v = pcall(redis.call, 'GET', KEYS[1])
 if not (ok and v) then return 0 end
 if v == ARGV[1] then
@@ -69,7 +69,9 @@ if v == '\0W' .. string.sub(ARGV[1], 3) then
   return 1
 end
 return 0
-`)
+`
+
+var fillScript = redis.NewScript(fillSource)
 
 // releaseScript deletes the key only while it holds the lease ARGV[1],
 // publishing the key on ARGV[2] if a waiter had marked the lease (the
