@@ -543,13 +543,18 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		// A lease of our own: the caller whose read took it is about to
 		// replace this flight (a moment's race), so wait for that, polling
 		// Redis meanwhile without marking the lease.
-		if !own && wake == nil && c.notes.ensure(c) {
-			// Subscribed: register, then mark the lease (the next step), so
-			// that its holder's fill wakes us.
+		if !own && wake == nil {
+			// Register, make sure the subscription is confirmed, then read
+			// the key once more (the next step, which also marks the lease):
+			// a fill that published before we were registered and
+			// subscribed — even of a lease another waiter had marked — is
+			// then seen by that read, and any later one wakes us.
 			wake = c.notes.register(full)
-			if !isMarked(raw) {
+			if c.notes.ensure(c) {
 				continue
 			}
+			c.notes.unregister(full, wake)
+			wake = nil
 		}
 		var replaced chan struct{}
 		if own && self != nil {

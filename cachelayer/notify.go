@@ -61,10 +61,16 @@ func (n *fillNotifier) ensure(c *Cache) bool {
 	if n.closed || (!n.failedAt.IsZero() && time.Since(n.failedAt) < subscribeRetry) {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+	// The waiter waits for its lease anyway: give the subscription up to
+	// half of LeaseWait (at least OpTimeout) to be confirmed. A machine
+	// busy with a stampede can take longer than OpTimeout to dial and
+	// answer, and a failed subscription makes every waiter poll for a
+	// second (LeaseWait/4 per re-check).
+	timeout := max(c.cfg.OpTimeout, c.cfg.LeaseWait/2)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	ps := c.rdb.Subscribe(ctx, n.channel)
-	if _, err := ps.ReceiveTimeout(ctx, c.cfg.OpTimeout); err != nil { // the confirmation
+	if _, err := ps.ReceiveTimeout(ctx, timeout); err != nil { // the confirmation
 		_ = ps.Close()
 		n.failedAt = time.Now()
 		c.log.Debug("cachelayer: fill notifications unavailable; lease waits poll", "err", err)

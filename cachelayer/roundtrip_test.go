@@ -2,6 +2,7 @@ package cachelayer
 
 import (
 	"context"
+	"net"
 	"slices"
 	"sort"
 	"sync"
@@ -341,4 +342,54 @@ func TestLeaseWaitAfterDeleteOfMarkedLease(t *testing.T) {
 		t.Fatalf("A stats %+v", st)
 	}
 	requireHolds(ctx, t, a, "k", sampleRow(2), "after the reload")
+}
+
+// TestSlowSubscriptionStillWakesTheWaiter: the first lease wait of a
+// process subscribes to fill notifications, and on a busy machine the new
+// connection can take longer than OpTimeout. The waiter gives it up to
+// half its LeaseWait rather than falling back to slow re-checks (a minute
+// / 4 here, past its context): the holder's fill then wakes it.
+func TestSlowSubscriptionStillWakesTheWaiter(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 30*time.Second)
+	prefix := testsvc.Prefix(t)
+	a := cacheOn(t, testsvc.Redis(t), &Config{Prefix: prefix})
+	var slow atomic.Bool
+	opts := *testsvc.Redis(t).Options()
+	addr := opts.Addr
+	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if slow.Load() {
+				time.Sleep(300 * time.Millisecond) // a dial on a saturated machine
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}})
+	t.Cleanup(func() { _ = rdb.Close() })
+	b := cacheOn(t, rdb, &Config{Prefix: prefix, OpTimeout: 50 * time.Millisecond, LeaseWait: time.Minute})
+	if err := rdb.Ping(ctx).Err(); err != nil { // a pooled connection for b's reads
+		t.Fatal(err)
+	}
+	slow.Store(true) // only the subscription dials from here on
+
+	held := releaser(t)
+	loading := make(chan struct{})
+	aDone := fetchAsync(ctx, t, a, "k", func(context.Context) (row, error) {
+		close(loading)
+		<-held.ch
+		return sampleRow(1), nil
+	})
+	<-loading
+	bDone := fetchAsync(ctxT(t, 10*time.Second), t, b, "k", func(context.Context) (row, error) { return sampleRow(9), nil })
+	waitFor(t, 10*time.Second, "B to mark A's lease", func() bool {
+		s, _ := a.rdb.Get(ctx, a.FullKey("k")).Result()
+		return isMarked(s)
+	})
+	held.do()
+	if v := <-aDone; v != sampleRow(1) {
+		t.Fatalf("A got %+v", v)
+	}
+	if v := <-bDone; v != sampleRow(1) {
+		t.Fatalf("B got %+v, want A's fill, woken by its notification", v)
+	}
 }
