@@ -122,6 +122,25 @@ func TestBusyReadsArePipelined(t *testing.T) {
 	}
 }
 
+// heldSlot returns a cache with one read slot (ReadsInFlight 1) on a
+// client that logs its commands, whose slot is taken by a read of the key
+// "held" (a hit, nothing to fill) until release is called; done delivers
+// that read's value.
+func heldSlot(ctx context.Context, t *testing.T, cfg Config) (c *Cache, log *pipelineLog, release func(), done <-chan row) {
+	t.Helper()
+	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
+	log = &pipelineLog{}
+	h.AddHook(log)
+	cfg.Prefix, cfg.ReadsInFlight = testsvc.Prefix(t), 1
+	c = New(h, &cfg)
+	if err := c.Set(ctx, "held", sampleRow(7), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	done = fetchAsync(ctx, t, c, "held", func(context.Context) (row, error) { return sampleRow(7), nil })
+	<-h.entered
+	return c, log, func() { close(h.release) }, done
+}
+
 // TestQueuedReadKeepsItsOpTimeout: a read waiting for a slot behind a read
 // that never returns gives up at its OpTimeout and is served by its loader
 // (a fallback), without waiting for the held read; it was never sent, so no
@@ -129,16 +148,8 @@ func TestBusyReadsArePipelined(t *testing.T) {
 func TestQueuedReadKeepsItsOpTimeout(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
-	log := &pipelineLog{}
-	h.AddHook(log)
-	c := New(h, &Config{Prefix: testsvc.Prefix(t), ReadsInFlight: 1, OpTimeout: 50 * time.Millisecond, BreakerFailures: 100})
+	c, log, release, first := heldSlot(ctx, t, Config{OpTimeout: 50 * time.Millisecond, BreakerFailures: 100})
 	load := func(context.Context) (row, error) { return sampleRow(7), nil }
-	if err := c.Set(ctx, "held", sampleRow(7), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	first := fetchAsync(ctx, t, c, "held", load) // a hit: nothing to fill
-	<-h.entered
 	queued := make(chan string, 1)
 	c.hookQueued = func(full string) { queued <- full }
 	v, err := Fetch(ctx, c, "other", time.Minute, load) // returns while the first is still held
@@ -149,7 +160,7 @@ func TestQueuedReadKeepsItsOpTimeout(t *testing.T) {
 		t.Fatalf("queued %q", full)
 	}
 	st := c.Stats()
-	close(h.release)
+	release()
 	<-first
 	if st.Fallbacks != 1 || st.Loads != 1 {
 		t.Fatalf("stats %+v, want the queued read served by one fallback load", st)
@@ -169,22 +180,14 @@ func TestQueuedReadKeepsItsOpTimeout(t *testing.T) {
 func TestQueuedReadLeavesWithItsCaller(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 20*time.Second)
-	h := &heldReadClient{Client: testsvc.Redis(t), entered: make(chan struct{}), release: make(chan struct{})}
-	log := &pipelineLog{}
-	h.AddHook(log)
-	c := New(h, &Config{Prefix: testsvc.Prefix(t), ReadsInFlight: 1, OpTimeout: time.Minute})
+	c, log, release, first := heldSlot(ctx, t, Config{OpTimeout: time.Minute})
 	load := func(context.Context) (row, error) { return sampleRow(7), nil }
-	if err := c.Set(ctx, "held", sampleRow(7), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	first := fetchAsync(ctx, t, c, "held", load)
-	<-h.entered
 	cctx, cancel := context.WithCancel(ctx)
 	c.hookQueued = func(string) { cancel() }
 	if _, err := Fetch(cctx, c, "other", time.Minute, load); !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want the caller's context.Canceled while the slot is still held", err)
 	}
-	close(h.release)
+	release()
 	<-first
 	if err := c.Close(); err != nil {
 		t.Fatal(err)

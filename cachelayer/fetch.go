@@ -707,7 +707,8 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 		entry, px = string(b), c.jittered(ttl)
 		res.setEncoded(payloadOf(entry))
 	}
-	if !c.breakerFor(full).allow() {
+	br := c.breakerFor(full)
+	if !br.allow() {
 		return true, false // the lease expires by itself
 	}
 	opCtx, cancel := c.opCtx(ctx)
@@ -715,14 +716,14 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 	// EVALSHA, sent like a read (pipelined with the reads waiting while
 	// the master's slots are busy); EVAL loads the script after a NOSCRIPT.
 	cmd := redis.NewIntCmd(opCtx, "evalsha", fillScript.Hash(), 1, full, token, entry, px, c.notes.channel)
-	err := c.sendCmd(opCtx, c.breakerFor(full), full, cmd)
+	err := c.sendCmd(opCtx, br, full, cmd)
 	if redis.HasErrorPrefix(err, "NOSCRIPT") {
 		cmd = redis.NewIntCmd(opCtx, "eval", fillSource, 1, full, token, entry, px, c.notes.channel)
 		_ = c.rdb.Process(opCtx, cmd)
 	}
 	n, err := cmd.Result()
 	cancel()
-	if err = c.outcomeFor(ctx, full, err); err != nil {
+	if err = c.outcomeOn(ctx, br, err); err != nil {
 		return true, false
 	}
 	if n == 1 {

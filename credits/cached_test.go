@@ -27,6 +27,16 @@ type instance struct {
 // 100 ms unless sweep says otherwise.
 func newInstance(t *testing.T, prefix, redisAddr string, sweep ...time.Duration) *instance {
 	t.Helper()
+	interval := 100 * time.Millisecond
+	if len(sweep) > 0 {
+		interval = sweep[0]
+	}
+	return newInstanceWith(t, prefix, redisAddr, &credits.CachedConfig{SweepInterval: interval})
+}
+
+// newInstanceWith is newInstance with the cached repository's config.
+func newInstanceWith(t *testing.T, prefix, redisAddr string, cfg *credits.CachedConfig) *instance {
+	t.Helper()
 	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
 	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	var rdb *redis.Client
@@ -43,11 +53,7 @@ func newInstance(t *testing.T, prefix, redisAddr string, sweep ...time.Duration)
 	// and -race on 2 cores can stall a 1000-goroutine burst past 100 ms.
 	cache := cachelayer.New(rdb, &cachelayer.Config{Prefix: prefix, OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = cache.Close() })
-	interval := 100 * time.Millisecond
-	if len(sweep) > 0 {
-		interval = sweep[0]
-	}
-	repo := credits.NewCached(credits.NewStore(pool), cache, &credits.CachedConfig{SweepInterval: interval})
+	repo := credits.NewCached(credits.NewStore(pool), cache, cfg)
 	t.Cleanup(func() { _ = repo.Close() })
 	return &instance{repo: repo, cache: cache, tracer: tracer}
 }

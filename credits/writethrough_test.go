@@ -1,17 +1,14 @@
 package credits_test
 
 import (
-	"context"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
 	"github.com/ghl-agency/ghlcache/internal/testsvc"
 )
@@ -19,13 +16,7 @@ import (
 // newWriteThroughInstance is newInstance with CachedConfig.WriteThrough.
 func newWriteThroughInstance(t *testing.T, prefix string) *instance {
 	t.Helper()
-	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
-	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
-	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: prefix, OpTimeout: 2 * time.Second})
-	t.Cleanup(func() { _ = cache.Close() })
-	repo := credits.NewCached(credits.NewStore(pool), cache, &credits.CachedConfig{SweepInterval: 100 * time.Millisecond, WriteThrough: true})
-	t.Cleanup(func() { _ = repo.Close() })
-	return &instance{repo: repo, cache: cache, tracer: tracer}
+	return newInstanceWith(t, prefix, "", &credits.CachedConfig{SweepInterval: 100 * time.Millisecond, WriteThrough: true})
 }
 
 // TestCachedWriteThrough: with WriteThrough, a change to a cached balance
@@ -60,7 +51,7 @@ func TestCachedWriteThrough(t *testing.T) {
 	st, err := a.repo.OutboxStats(ctx)
 	require.NoError(t, err)
 	require.Zero(t, st.Pending, "the replace counts as the delivered invalidation")
-	require.Eventually(t, func() bool { return waitingRows(ctx, t, a.cache.FullKey(credits.Key(user, enrichment))) == 0 },
+	require.Eventually(t, func() bool { return outboxRows(ctx, t, a.cache.FullKey(credits.Key(user, enrichment))) == 0 },
 		10*time.Second, 10*time.Millisecond, "the outbox row is done")
 }
 
@@ -132,13 +123,4 @@ func TestCachedWriteThroughRaces(t *testing.T) {
 			require.Equal(t, truth, got, "key %d in instance %d after quiescence", k, i)
 		}
 	}
-}
-
-// waitingRows counts the outbox rows of key that still wait for a delete.
-func waitingRows(ctx context.Context, t *testing.T, key string) int {
-	t.Helper()
-	var n int
-	require.NoError(t, testsvc.Pool(t).QueryRow(ctx,
-		`SELECT count(*) FROM cache_outbox WHERE cache_key = $1 AND done_at IS NULL`, key).Scan(&n))
-	return n
 }
