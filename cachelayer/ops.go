@@ -169,6 +169,20 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) 
 	if len(prefix) > MaxKeyLen {
 		return 0, fmt.Errorf("%w: prefix of %d bytes exceeds %d", ErrInvalid, len(prefix), MaxKeyLen)
 	}
+	return c.DeleteFullPrefix(ctx, c.prefix+prefix)
+}
+
+// DeleteFullPrefix is [Cache.DeletePrefix] for a full (already prefixed)
+// key prefix, as an outbox row names it: any namespace's, not only this
+// Cache's. It must be longer than this Cache's own prefix when it starts
+// with it, so that it never empties the whole namespace (ErrInvalid).
+func (c *Cache) DeleteFullPrefix(ctx context.Context, full string) (int64, error) {
+	if full == "" || full == c.prefix {
+		return 0, fmt.Errorf("%w: empty prefix (would delete the whole namespace)", ErrInvalid)
+	}
+	if len(full) > len(c.prefix)+MaxKeyLen {
+		return 0, fmt.Errorf("%w: prefix of %d bytes exceeds %d", ErrInvalid, len(full), len(c.prefix)+MaxKeyLen)
+	}
 	if c.noCache() {
 		return 0, nil
 	}
@@ -217,7 +231,6 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int64, error) 
 	} else if !c.br.allow() {
 		return 0, fmt.Errorf("cachelayer: delete prefix: %w", errBreakerOpen)
 	}
-	full := c.prefix + prefix
 	pattern := escapeGlob(full) + "*"
 	var deleted atomic.Int64
 	scan := func(ctx context.Context, node *redis.Client) error {

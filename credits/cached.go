@@ -64,7 +64,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	}
 	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
 	ob := outbox.New(store.pool, c, outbox.Config{
-		Domain: OutboxDomain, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
+		Domain: OutboxDomain, Tables: []string{"credit_balances"}, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
 	})
 	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob, writeThrough: cfg.WriteThrough}
 }

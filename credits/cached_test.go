@@ -37,8 +37,16 @@ func newInstance(t *testing.T, prefix, redisAddr string, sweep ...time.Duration)
 // newInstanceWith is newInstance with the cached repository's config.
 func newInstanceWith(t *testing.T, prefix, redisAddr string, cfg *credits.CachedConfig) *instance {
 	t.Helper()
+	return newInstanceOn(t, testsvc.DatabaseURL(t), prefix, redisAddr, cfg)
+}
+
+// newInstanceOn is newInstanceWith on the database at dbURL (a test's own,
+// testsvc.IsolatedDatabaseURL, where other tests' sweepers, woken by their
+// writes' notifications, would do its instance's work).
+func newInstanceOn(t *testing.T, dbURL, prefix, redisAddr string, cfg *credits.CachedConfig) *instance {
+	t.Helper()
 	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
-	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	pool := testsvc.NewPoolOn(t, dbURL, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	var rdb *redis.Client
 	if redisAddr == "" {
 		rdb = testsvc.Redis(t)
@@ -201,6 +209,9 @@ func TestCachedStampede(t *testing.T) {
 		user := testsvc.NewID()
 		_, err := credits.NewStore(testsvc.Pool(t)).Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 5})
 		require.NoError(t, err)
+		// A plain Store's change is invalidated too (the triggers' row):
+		// let that delete land before the reads, not during them.
+		waitOutboxRowsGone(ctx, t, insts[0].cache.FullKey(credits.Key(user, enrichment)))
 
 		start := make(chan struct{})
 		var wg sync.WaitGroup
@@ -310,13 +321,15 @@ func TestCachedBadInputWritesNothing(t *testing.T) {
 // TestCachedPendingReadsShareOneLoad: while the writer's invalidation is
 // pending (its Redis unreachable), concurrent reads of the key in the
 // writer's process share loads like every other read — a few balance
-// queries for 200 reads, not 200 — and each returns the write.
+// queries for 200 reads, not 200 — and each returns the write. (On a
+// database of its own: another test's sweeper, sharing its Redis, would
+// deliver the invalidation.)
 func TestCachedPendingReadsShareOneLoad(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	prefix := testsvc.Prefix(t)
 	proxy := testsvc.StartProxy(t, redisAddr(t))
-	writer := newInstance(t, prefix, proxy.Addr, time.Hour)
+	writer := newInstanceOn(t, testsvc.IsolatedDatabaseURL(t), prefix, proxy.Addr, &credits.CachedConfig{SweepInterval: time.Hour})
 	user := testsvc.NewID()
 	_, err := writer.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
 	require.NoError(t, err)

@@ -200,12 +200,13 @@ func (o *outboxTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryE
 // UPDATE per 100 ms), so the outbox's own statements are bounded by the
 // elapsed time, not by the number of writes (before: one DELETE per write,
 // or nearly). The exact count at a simulated 500 writes/s is
-// internal/outbox's TestStatementsPerWrite. Not parallel: another test's
-// leftover rows would be this instance's work too.
+// internal/outbox's TestStatementsPerWrite. On a database of its own:
+// other tests' rows and notifications would be this instance's work too.
 func TestCachedOutboxStatementsPerWrite(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	tracer := &outboxTracer{}
-	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	pool := testsvc.NewPoolOn(t, testsvc.IsolatedDatabaseURL(t), func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t), OpTimeout: 2 * time.Second})
 	t.Cleanup(func() { _ = cache.Close() })
 	repo := credits.NewCached(credits.NewStore(pool), cache, nil)

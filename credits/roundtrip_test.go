@@ -106,44 +106,67 @@ func TestWriteRoundTrips(t *testing.T) {
 	}
 }
 
-// TestWriteOutboxRowOnlyWithCache: the one statement of a change writes
-// the outbox row naming the balance's full key exactly when a cache is in
-// front (here in no-cache mode, whose rows stay for instances with Redis),
-// and none for a plain Store. Not parallel: another test's sweeper would
-// remove the row.
+// TestWriteOutboxRowOnlyWithCache: on a database of its own, the outbox
+// rows of every change. With no cached repository live, a plain Store (or
+// any SQL) writes none: nobody caches. Once a repository with Redis has
+// registered its namespace (B), a plain Store's change writes one external
+// row naming B's full key (the balance triggers), and B's own change
+// exactly one row, its own (the triggers skip the key it records). A
+// repository in no-cache mode (A) registers nothing; its change writes its
+// own row, kept for instances with Redis, and the triggers' row for B. A
+// replay or a refused deduct writes nothing.
 func TestWriteOutboxRowOnlyWithCache(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
-	store := credits.NewStore(testsvc.Pool(t))
-	noCache := cachelayer.New(nil, &cachelayer.Config{Prefix: testsvc.Prefix(t)})
-	cached := credits.NewCached(store, noCache, &credits.CachedConfig{SweepInterval: time.Hour})
-	t.Cleanup(func() { _ = cached.Close() })
+	pool := testsvc.NewPoolOn(t, testsvc.IsolatedDatabaseURL(t), nil)
+	store := credits.NewStore(pool)
 	user := testsvc.NewID()
-	rowsOf := func(suffix string) []string {
-		rows, err := testsvc.Pool(t).Query(ctx, `SELECT cache_key FROM cache_outbox WHERE cache_key LIKE '%' || $1`, suffix)
+	type row struct {
+		Key      string
+		External bool
+	}
+	rowsOf := func() []row {
+		rows, err := pool.Query(ctx, `SELECT cache_key, external FROM cache_outbox WHERE cache_key LIKE '%' || $1 ORDER BY id`, credits.Key(user, enrichment))
 		require.NoError(t, err)
-		keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
 		require.NoError(t, err)
-		return keys
+		_, err = pool.Exec(ctx, `DELETE FROM cache_outbox`)
+		require.NoError(t, err)
+		return got
 	}
 
 	_, err := store.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 10, IdempotencyKey: "s"})
 	require.NoError(t, err)
 	_, err = store.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1})
 	require.NoError(t, err)
-	require.Empty(t, rowsOf(credits.Key(user, enrichment)), "a plain Store writes no outbox row")
+	require.Empty(t, rowsOf(), "no namespace is live: no row")
 
-	_, err = cached.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: "c"})
-	require.NoError(t, err)
-	want := noCache.FullKey(credits.Key(user, enrichment))
-	require.Equal(t, []string{want}, rowsOf(credits.Key(user, enrichment)), "one row, the full key")
+	noCache := cachelayer.New(nil, &cachelayer.Config{Prefix: testsvc.Prefix(t) + "a:"})
+	a := credits.NewCached(store, noCache, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(func() { _ = a.Close() })
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t) + "b:"})
+	t.Cleanup(func() { _ = cache.Close() })
+	b := credits.NewCached(store, cache, &credits.CachedConfig{SweepInterval: time.Hour, SweepIdle: time.Hour})
+	t.Cleanup(func() { _ = b.Close() })
+	keyA, keyB := noCache.FullKey(credits.Key(user, enrichment)), cache.FullKey(credits.Key(user, enrichment))
 
-	_, err = cached.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: "c"})
+	_, err = store.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1})
 	require.NoError(t, err)
-	_, err = cached.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1000})
+	require.Equal(t, []row{{keyB, true}}, rowsOf(), "a plain Store: the triggers' row for the live namespace")
+
+	_, err = b.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: "b"})
+	require.NoError(t, err)
+	require.Equal(t, []row{{keyB, false}}, rowsOf(), "the library's own change: exactly one row, its own")
+
+	_, err = a.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: "c"})
+	require.NoError(t, err)
+	require.ElementsMatch(t, []row{{keyA, false}, {keyB, true}}, rowsOf(), "no-cache mode: its own row, and B's")
+
+	_, err = a.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1, IdempotencyKey: "c"})
+	require.NoError(t, err)
+	_, err = b.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 1000})
 	require.ErrorIs(t, err, credits.ErrInsufficient)
-	require.Equal(t, []string{want}, rowsOf(credits.Key(user, enrichment)), "a replay or a refused deduct writes no row")
-	_, err = testsvc.Pool(t).Exec(ctx, `DELETE FROM cache_outbox WHERE cache_key = $1`, want)
-	require.NoError(t, err)
+	require.Empty(t, rowsOf(), "a replay or a refused deduct writes no row")
 }
 
 // TestRacingSameKeyRoundTrips: a change whose idempotency key a racing first

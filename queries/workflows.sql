@@ -8,6 +8,9 @@ WHERE id = @id::bigint;
 -- cache_outbox row naming the definition's full cache key. outbox_id is
 -- that row, 0 when none was written. A data-modifying CTE is safe here:
 -- no part of it can find a racing write's row after another part wrote.
+-- CTE r tells the table's triggers (db/migrations/00006_external_writes.sql)
+-- that this key's row is recorded here: the main query reads r, so it runs
+-- before the statement's AFTER triggers, which fire at the statement's end.
 
 -- name: WorkflowDefinitionInsert :one
 -- The new id is known only inside the statement, so the key is built here:
@@ -23,10 +26,16 @@ WITH d AS (
     FROM d
     WHERE sqlc.narg(outbox_domain)::text IS NOT NULL
     RETURNING id
+), r AS (
+    SELECT set_config('ghlcache.recorded_key',
+                      sqlc.narg(outbox_key_head)::text || d.id::text || sqlc.narg(outbox_key_tail)::text, true)
+    FROM d
+    WHERE sqlc.narg(outbox_domain)::text IS NOT NULL
 )
 SELECT d.id, d.name, d.version, d.spec, d.created_at, d.updated_at,
        coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id
-FROM d;
+FROM d
+WHERE (SELECT count(*) FROM r) >= 0;
 
 -- name: WorkflowDefinitionUpdate :one
 -- Optimistic concurrency: only the version the caller read is replaced.
@@ -44,6 +53,9 @@ WITH u AS (
     FROM u
     WHERE sqlc.narg(outbox_domain)::text IS NOT NULL
     RETURNING id
+), r AS (
+    SELECT set_config('ghlcache.recorded_key', sqlc.narg(outbox_key)::text, true)
+    WHERE sqlc.narg(outbox_domain)::text IS NOT NULL
 )
 SELECT (u.id IS NOT NULL)::bool AS updated,
        coalesce(u.id, 0)::bigint AS id, coalesce(u.name, '')::text AS name,
@@ -52,7 +64,8 @@ SELECT (u.id IS NOT NULL)::bool AS updated,
        coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id,
        EXISTS (SELECT 1 FROM workflow_definitions WHERE id = @id::bigint)::bool AS present
 FROM (SELECT) AS one
-LEFT JOIN u ON true;
+LEFT JOIN u ON true
+WHERE (SELECT count(*) FROM r) >= 0;
 
 -- name: WorkflowDefinitionDelete :one
 WITH d AS (
@@ -63,6 +76,10 @@ WITH d AS (
     FROM d
     WHERE sqlc.narg(outbox_domain)::text IS NOT NULL
     RETURNING id
+), r AS (
+    SELECT set_config('ghlcache.recorded_key', sqlc.narg(outbox_key)::text, true)
+    WHERE sqlc.narg(outbox_domain)::text IS NOT NULL
 )
 SELECT (SELECT count(*) FROM d)::bigint AS deleted,
-       coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id;
+       coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id
+WHERE (SELECT count(*) FROM r) >= 0;

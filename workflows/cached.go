@@ -53,7 +53,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	}
 	maxAge := max(opts.TTL, opts.NegativeTTL) + time.Minute // how long a cached entry or marker can outlive a lost delete
 	return &Cached{store: store, cache: c, opts: opts, outbox: outbox.New(store.pool, c, outbox.Config{
-		Domain: OutboxDomain, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
+		Domain: OutboxDomain, Tables: []string{"workflow_definitions"}, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
 	})}
 }
 

@@ -79,45 +79,52 @@ func TestWriteRoundTrips(t *testing.T) {
 	}
 }
 
-// TestWriteOutboxRowOnlyWithCache: a Save (create and update) and a Delete
-// write the outbox row naming the definition's full key in their one
-// statement exactly when a cache is in front (in no-cache mode here, whose
-// rows stay for instances with Redis) and a row changed; a plain Store
-// writes none. Not parallel: another test's sweeper would remove the rows.
+// TestWriteOutboxRowOnlyWithCache: on a database of its own, with no cached
+// repository live, a plain Store writes no outbox row; once one with Redis
+// has registered (B), a plain Store's change writes one external row for
+// B, and B's own changes exactly one row each, their own: a create's names
+// the new id's full key; none for a conflict or a missing id.
 func TestWriteOutboxRowOnlyWithCache(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
-	store := workflows.NewStore(testsvc.Pool(t))
-	noCache := cachelayer.New(nil, &cachelayer.Config{Prefix: testsvc.Prefix(t)})
-	cached := workflows.NewCached(store, noCache, &workflows.CachedConfig{SweepInterval: time.Hour})
-	t.Cleanup(func() { _ = cached.Close() })
-	rowsOf := func(id int64) []string {
-		rows, err := testsvc.Pool(t).Query(ctx, `SELECT cache_key FROM cache_outbox WHERE cache_key LIKE '%' || $1 ORDER BY id`, workflows.Key(id))
+	pool := testsvc.NewPoolOn(t, testsvc.IsolatedDatabaseURL(t), nil)
+	store := workflows.NewStore(pool)
+	type row struct {
+		Key      string
+		External bool
+	}
+	rowsOf := func(id int64) []row {
+		rows, err := pool.Query(ctx, `SELECT cache_key, external FROM cache_outbox WHERE cache_key LIKE '%' || $1 ORDER BY id`, workflows.Key(id))
 		require.NoError(t, err)
-		keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
 		require.NoError(t, err)
-		return keys
+		return got
 	}
 
 	plain, err := store.Save(ctx, workflows.Definition{Name: "plain", Spec: json.RawMessage(`{}`)})
 	require.NoError(t, err)
 	_, err = store.Save(ctx, plain)
 	require.NoError(t, err)
+	require.Empty(t, rowsOf(plain.ID), "no namespace is live: no row")
+
+	cache := cachelayer.New(testsvc.Redis(t), &cachelayer.Config{Prefix: testsvc.Prefix(t)})
+	t.Cleanup(func() { _ = cache.Close() })
+	cached := workflows.NewCached(store, cache, &workflows.CachedConfig{SweepInterval: time.Hour, SweepIdle: time.Hour})
+	t.Cleanup(func() { _ = cached.Close() })
 	require.NoError(t, store.Delete(ctx, plain.ID))
-	require.Empty(t, rowsOf(plain.ID), "a plain Store writes no outbox row")
+	require.Equal(t, []row{{cache.FullKey(workflows.Key(plain.ID)), true}}, rowsOf(plain.ID), "a plain Store: the triggers' row")
 
 	d, err := cached.Save(ctx, workflows.Definition{Name: "cached", Spec: json.RawMessage(`{}`)})
 	require.NoError(t, err)
-	want := noCache.FullKey(workflows.Key(d.ID))
-	require.Equal(t, []string{want}, rowsOf(d.ID), "a create's row names the new id's full key")
+	want := row{cache.FullKey(workflows.Key(d.ID)), false}
+	require.Equal(t, []row{want}, rowsOf(d.ID), "a create's row names the new id's full key")
 	_, err = cached.Save(ctx, d)
 	require.NoError(t, err)
 	_, err = cached.Save(ctx, d) // stale
 	require.ErrorIs(t, err, workflows.ErrConflict)
 	require.NoError(t, cached.Delete(ctx, d.ID))
 	require.ErrorIs(t, cached.Delete(ctx, d.ID), workflows.ErrNotFound)
-	require.Equal(t, []string{want, want, want}, rowsOf(d.ID), "a row per change, none for a conflict or a missing id")
-	_, err = testsvc.Pool(t).Exec(ctx, `DELETE FROM cache_outbox WHERE cache_key = $1`, want)
-	require.NoError(t, err)
+	require.Equal(t, []row{want, want, want}, rowsOf(d.ID), "a row per change, none for a conflict or a missing id")
 }
 
 // TestWriteWithoutConnectionIsNotCommitUnknown: a Save or Delete that

@@ -10,13 +10,101 @@ import (
 	"time"
 )
 
+const cacheNamespaceLive = `-- name: CacheNamespaceLive :many
+SELECT prefix, live_until FROM cache_namespaces
+WHERE domain = $1::text AND live_until > now()
+ORDER BY prefix
+`
+
+type CacheNamespaceLiveRow struct {
+	Prefix    string
+	LiveUntil time.Time
+}
+
+// The live namespaces of a domain.
+func (q *Queries) CacheNamespaceLive(ctx context.Context, domain string) ([]CacheNamespaceLiveRow, error) {
+	rows, err := q.db.Query(ctx, cacheNamespaceLive, domain)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []CacheNamespaceLiveRow
+	for rows.Next() {
+		var i CacheNamespaceLiveRow
+		if err := rows.Scan(&i.Prefix, &i.LiveUntil); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const cacheNamespaceRegister = `-- name: CacheNamespaceRegister :one
+WITH old AS (
+    SELECT n.live_until FROM cache_namespaces n
+    WHERE n.domain = $1::text AND n.prefix = $2::text
+), up AS (
+    INSERT INTO cache_namespaces AS n (domain, prefix, live_until)
+    VALUES ($1::text, $2::text, now() + make_interval(secs => $3::float8))
+    ON CONFLICT (domain, prefix) DO UPDATE SET live_until = greatest(n.live_until, EXCLUDED.live_until)
+    RETURNING 1
+)
+SELECT coalesce((SELECT old.live_until > now() FROM old), false)::bool AS was_live,
+       (SELECT count(*) FROM up)::bigint AS registered
+`
+
+type CacheNamespaceRegisterParams struct {
+	Domain      string
+	Prefix      string
+	LiveSeconds float64
+}
+
+type CacheNamespaceRegisterRow struct {
+	WasLive    bool
+	Registered int64
+}
+
+// Registers (or keeps live) the namespace of a cached repository: the
+// triggers write rows for it until live_until. was_live is false for a new
+// namespace or one that had lapsed (its writes since were not recorded for
+// it). The snapshot is taken by the caller after this commits.
+func (q *Queries) CacheNamespaceRegister(ctx context.Context, arg CacheNamespaceRegisterParams) (CacheNamespaceRegisterRow, error) {
+	row := q.db.QueryRow(ctx, cacheNamespaceRegister, arg.Domain, arg.Prefix, arg.LiveSeconds)
+	var i CacheNamespaceRegisterRow
+	err := row.Scan(&i.WasLive, &i.Registered)
+	return i, err
+}
+
+const cacheNamespaceRelease = `-- name: CacheNamespaceRelease :exec
+UPDATE cache_namespaces
+SET live_until = least(live_until, now() + make_interval(secs => $1::float8))
+WHERE domain = $2::text AND prefix = $3::text
+`
+
+type CacheNamespaceReleaseParams struct {
+	KeepSeconds float64
+	Domain      string
+	Prefix      string
+}
+
+// A closing repository shortens its namespace's life to keep_seconds (the
+// expiry of what it filled); another live instance of it lengthens it again
+// at its next refresh.
+func (q *Queries) CacheNamespaceRelease(ctx context.Context, arg CacheNamespaceReleaseParams) error {
+	_, err := q.db.Exec(ctx, cacheNamespaceRelease, arg.KeepSeconds, arg.Domain, arg.Prefix)
+	return err
+}
+
 const cacheOutboxClaim = `-- name: CacheOutboxClaim :many
-SELECT id, cache_key
+SELECT id, cache_key, whole_prefix
 FROM cache_outbox
 WHERE domain = $1::text
   AND done_at IS NULL
   AND id > $2::bigint
-  AND created_at < statement_timestamp() - make_interval(secs => $3::float8)
+  AND (external OR created_at < statement_timestamp() - make_interval(secs => $3::float8))
 ORDER BY id
 LIMIT $4::int
 FOR UPDATE SKIP LOCKED
@@ -30,16 +118,18 @@ type CacheOutboxClaimParams struct {
 }
 
 type CacheOutboxClaimRow struct {
-	ID       int64
-	CacheKey string
+	ID          int64
+	CacheKey    string
+	WholePrefix bool
 }
 
 // Waiting rows after after_id, in id order (the sweep's cursor: a row whose
 // delete failed is not claimed again in the same sweep), older by
 // created_at than grace_seconds (rows whose writer is most likely still
 // delivering them are left to it; measured from this statement's start, not
-// the transaction's, so grace 0 takes every row committed before it); rows
-// another sweeper holds are skipped, not waited for.
+// the transaction's, so grace 0 takes every row committed before it) or
+// external (a trigger's: no writer delivers it); rows another sweeper holds
+// are skipped, not waited for.
 func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimParams) ([]CacheOutboxClaimRow, error) {
 	rows, err := q.db.Query(ctx, cacheOutboxClaim,
 		arg.Domain,
@@ -54,7 +144,7 @@ func (q *Queries) CacheOutboxClaim(ctx context.Context, arg CacheOutboxClaimPara
 	var items []CacheOutboxClaimRow
 	for rows.Next() {
 		var i CacheOutboxClaimRow
-		if err := rows.Scan(&i.ID, &i.CacheKey); err != nil {
+		if err := rows.Scan(&i.ID, &i.CacheKey, &i.WholePrefix); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -75,6 +165,42 @@ func (q *Queries) CacheOutboxDelete(ctx context.Context, ids []int64) (int64, er
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const cacheOutboxDomainStats = `-- name: CacheOutboxDomainStats :many
+SELECT domain, count(*)::bigint AS depth,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
+FROM cache_outbox
+WHERE done_at IS NULL
+GROUP BY domain
+ORDER BY domain
+`
+
+type CacheOutboxDomainStatsRow struct {
+	Domain           string
+	Depth            int64
+	OldestAgeSeconds float64
+}
+
+// Every domain's waiting rows and the age of its oldest, for operators.
+func (q *Queries) CacheOutboxDomainStats(ctx context.Context) ([]CacheOutboxDomainStatsRow, error) {
+	rows, err := q.db.Query(ctx, cacheOutboxDomainStats)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []CacheOutboxDomainStatsRow
+	for rows.Next() {
+		var i CacheOutboxDomainStatsRow
+		if err := rows.Scan(&i.Domain, &i.Depth, &i.OldestAgeSeconds); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const cacheOutboxDropMoot = `-- name: CacheOutboxDropMoot :execrows
@@ -177,7 +303,7 @@ func (q *Queries) CacheOutboxMarkDone(ctx context.Context, ids []int64) (int64, 
 }
 
 const cacheOutboxRecent = `-- name: CacheOutboxRecent :many
-SELECT id, cache_key, done_at::timestamptz AS done_at
+SELECT id, cache_key, whole_prefix, done_at::timestamptz AS done_at
 FROM cache_outbox
 WHERE domain = $1::text
   AND done_at IS NOT NULL
@@ -196,9 +322,10 @@ type CacheOutboxRecentParams struct {
 }
 
 type CacheOutboxRecentRow struct {
-	ID       int64
-	CacheKey string
-	DoneAt   time.Time
+	ID          int64
+	CacheKey    string
+	WholePrefix bool
+	DoneAt      time.Time
 }
 
 // Done rows younger than keep_seconds, in (done_at, id) order after the
@@ -218,7 +345,12 @@ func (q *Queries) CacheOutboxRecent(ctx context.Context, arg CacheOutboxRecentPa
 	var items []CacheOutboxRecentRow
 	for rows.Next() {
 		var i CacheOutboxRecentRow
-		if err := rows.Scan(&i.ID, &i.CacheKey, &i.DoneAt); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.CacheKey,
+			&i.WholePrefix,
+			&i.DoneAt,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -257,32 +389,64 @@ WITH cleaned AS (
       AND c.done_at IS NOT NULL
       AND c.done_at < now() - make_interval(secs => $3::float8)
     RETURNING 1
+), old AS (
+    SELECT n.live_until FROM cache_namespaces n
+    WHERE $4::bool AND n.domain = $1::text AND n.prefix = $5::text
+), up AS (
+    INSERT INTO cache_namespaces AS n (domain, prefix, live_until)
+    SELECT $1::text, $5::text, now() + make_interval(secs => $6::float8)
+    WHERE $4::bool
+    ON CONFLICT (domain, prefix) DO UPDATE SET live_until = greatest(n.live_until, EXCLUDED.live_until)
+    RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM cache_outbox w WHERE w.domain = $1::text AND w.done_at IS NULL)::bool AS waiting,
        EXISTS (SELECT 1 FROM cache_outbox g WHERE g.domain = $1::text AND g.done_at IS NULL
-                  AND g.created_at < now() - make_interval(secs => $2::float8))::bool AS claimable,
-       (SELECT count(*) FROM cleaned)::bigint AS cleaned
+                  AND (g.external OR g.created_at < now() - make_interval(secs => $2::float8)))::bool AS claimable,
+       (SELECT count(*) FROM cleaned)::bigint AS cleaned,
+       coalesce((SELECT old.live_until > now() FROM old), false)::bool AS was_live,
+       (SELECT count(*) FROM up)::bigint AS refreshed
 `
 
 type CacheOutboxTidyParams struct {
 	Domain       string
 	GraceSeconds float64
 	KeepSeconds  float64
+	Refresh      bool
+	Prefix       string
+	LiveSeconds  float64
 }
 
 type CacheOutboxTidyRow struct {
 	Waiting   bool
 	Claimable bool
 	Cleaned   int64
+	WasLive   bool
+	Refreshed int64
 }
 
 // One statement per sweep: removes the done rows kept longer than
-// keep_seconds, and says whether any row of the domain still waits and
-// whether any waiting row is older (by created_at) than grace_seconds.
+// keep_seconds, says whether any row of the domain still waits and
+// whether any waiting row is external or older (by created_at) than
+// grace_seconds, and, when refresh is set, keeps the sweeper's namespace
+// live for live_seconds more (as CacheNamespaceRegister; was_live is false
+// when it had lapsed, and meaningless when refresh is not set).
 func (q *Queries) CacheOutboxTidy(ctx context.Context, arg CacheOutboxTidyParams) (CacheOutboxTidyRow, error) {
-	row := q.db.QueryRow(ctx, cacheOutboxTidy, arg.Domain, arg.GraceSeconds, arg.KeepSeconds)
+	row := q.db.QueryRow(ctx, cacheOutboxTidy,
+		arg.Domain,
+		arg.GraceSeconds,
+		arg.KeepSeconds,
+		arg.Refresh,
+		arg.Prefix,
+		arg.LiveSeconds,
+	)
 	var i CacheOutboxTidyRow
-	err := row.Scan(&i.Waiting, &i.Claimable, &i.Cleaned)
+	err := row.Scan(
+		&i.Waiting,
+		&i.Claimable,
+		&i.Cleaned,
+		&i.WasLive,
+		&i.Refreshed,
+	)
 	return i, err
 }
 

@@ -8,12 +8,20 @@ import (
 	"time"
 )
 
-type CacheOutbox struct {
-	ID        int64
+type CacheNamespace struct {
 	Domain    string
-	CacheKey  string
-	CreatedAt time.Time
-	DoneAt    *time.Time
+	Prefix    string
+	LiveUntil time.Time
+}
+
+type CacheOutbox struct {
+	ID          int64
+	Domain      string
+	CacheKey    string
+	CreatedAt   time.Time
+	DoneAt      *time.Time
+	External    bool
+	WholePrefix bool
 }
 
 type CreditBalance struct {

@@ -19,9 +19,13 @@ WITH d AS (
     FROM d
     WHERE $2::text IS NOT NULL
     RETURNING id
+), r AS (
+    SELECT set_config('ghlcache.recorded_key', $3::text, true)
+    WHERE $2::text IS NOT NULL
 )
 SELECT (SELECT count(*) FROM d)::bigint AS deleted,
        coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id
+WHERE (SELECT count(*) FROM r) >= 0
 `
 
 type WorkflowDefinitionDeleteParams struct {
@@ -75,10 +79,16 @@ WITH d AS (
     FROM d
     WHERE $3::text IS NOT NULL
     RETURNING id
+), r AS (
+    SELECT set_config('ghlcache.recorded_key',
+                      $4::text || d.id::text || $5::text, true)
+    FROM d
+    WHERE $3::text IS NOT NULL
 )
 SELECT d.id, d.name, d.version, d.spec, d.created_at, d.updated_at,
        coalesce((SELECT o.id FROM o), 0)::bigint AS outbox_id
 FROM d
+WHERE (SELECT count(*) FROM r) >= 0
 `
 
 type WorkflowDefinitionInsertParams struct {
@@ -104,6 +114,9 @@ type WorkflowDefinitionInsertRow struct {
 // cache_outbox row naming the definition's full cache key. outbox_id is
 // that row, 0 when none was written. A data-modifying CTE is safe here:
 // no part of it can find a racing write's row after another part wrote.
+// CTE r tells the table's triggers (db/migrations/00006_external_writes.sql)
+// that this key's row is recorded here: the main query reads r, so it runs
+// before the statement's AFTER triggers, which fire at the statement's end.
 // The new id is known only inside the statement, so the key is built here:
 // outbox_key_head || id || outbox_key_tail.
 func (q *Queries) WorkflowDefinitionInsert(ctx context.Context, arg WorkflowDefinitionInsertParams) (WorkflowDefinitionInsertRow, error) {
@@ -139,6 +152,9 @@ WITH u AS (
     FROM u
     WHERE $5::text IS NOT NULL
     RETURNING id
+), r AS (
+    SELECT set_config('ghlcache.recorded_key', $6::text, true)
+    WHERE $5::text IS NOT NULL
 )
 SELECT (u.id IS NOT NULL)::bool AS updated,
        coalesce(u.id, 0)::bigint AS id, coalesce(u.name, '')::text AS name,
@@ -148,6 +164,7 @@ SELECT (u.id IS NOT NULL)::bool AS updated,
        EXISTS (SELECT 1 FROM workflow_definitions WHERE id = $1::bigint)::bool AS present
 FROM (SELECT) AS one
 LEFT JOIN u ON true
+WHERE (SELECT count(*) FROM r) >= 0
 `
 
 type WorkflowDefinitionUpdateParams struct {

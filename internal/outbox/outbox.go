@@ -35,6 +35,11 @@ import (
 // change in a way that may have lost acknowledged deletes (a new master, a
 // breaker closing after an outage). It is read often: it must be cheap.
 //
+// DeleteFullPrefix deletes every key that starts with a full key prefix
+// (an outbox row's whole_prefix cache_key: a TRUNCATE, a bulk change) and
+// makes their in-process loads unjoinable; nil only when every master was
+// scanned.
+//
 // Enabled reports whether it can reach Redis at all: false for a cache in
 // no-cache mode or closed. While it is false the outbox counts nothing as
 // delivered and claims no rows (which would hold them from instances that
@@ -43,6 +48,7 @@ type Invalidator interface {
 	FullKey(key string) string
 	DeleteFull(ctx context.Context, fullKeys ...string) error
 	DeleteFullEach(ctx context.Context, fullKeys []string) []error
+	DeleteFullPrefix(ctx context.Context, fullPrefix string) (int64, error)
 	TopologyEpoch() uint64
 	Enabled() bool
 }
@@ -50,6 +56,7 @@ type Invalidator interface {
 // Config configures an Outbox. Zero fields take the defaults.
 type Config struct {
 	Domain       string        // cache_outbox.domain this outbox writes and sweeps; required
+	Tables       []string      // the tables whose triggers write the domain's rows (see namespace.go); none: nothing to wait for when it registers
 	Interval     time.Duration // between sweeps while there is work, 1 s
 	IdleInterval time.Duration // between sweeps while there is none, 2 s (at least Interval)
 	Batch        int           // rows claimed per transaction, and rows per page of re-deletes, 500
@@ -59,6 +66,15 @@ type Config struct {
 	FlushInterval time.Duration // how long a done row waits to be marked with others, 100 ms
 	FlushMax      int           // marked at once as soon as this many are queued, 1000
 	EpochPoll     time.Duration // how often the sweeper looks at TopologyEpoch (no I/O) and whether a sweep is due, min(Interval, 250 ms)
+
+	// The LISTEN connection (see listen): NoListen turns it off (the
+	// sweeper only polls); ListenKeepalive is how long it waits for a
+	// notification before it pings the server, 30 s; ListenRetry and
+	// ListenRetryMax bound the backoff between redials, 100 ms to 5 s.
+	NoListen        bool
+	ListenKeepalive time.Duration
+	ListenRetry     time.Duration
+	ListenRetryMax  time.Duration
 
 	Now func() time.Time // the clock MaxAge and the sweep schedule are measured on, time.Now; tests set it
 }
@@ -74,6 +90,11 @@ type Stats struct {
 	Cleaned   int64         // done rows this process removed after keeping them MaxAge
 	Redeleted int64         // keys this process deleted again after a topology change
 	Failures  int64         // sweeps (or re-delete passes) that could not reach Redis for some key, or Postgres
+
+	Listening     bool  // this process's LISTEN connection is up: changes made outside the library are swept as soon as they commit
+	Notifications int64 // notifications it received (each woke a sweep)
+	ListenDrops   int64 // times the LISTEN connection failed or was lost (redialled with backoff)
+	Settled       bool  // this process's namespace is registered for the tables' triggers and trusted; until then every read goes to Postgres
 }
 
 // Outbox writes, tracks and sweeps one domain's invalidations. It is safe
@@ -91,23 +112,34 @@ type Outbox struct {
 
 	swept, dropped, cleaned, redeleted, failures atomic.Int64
 
-	sweepMu   sync.Mutex           // serialises sweeps and re-delete passes; guards the fields below
-	seen      map[int64]time.Time  // row id → when a sweep that could not delete keys first saw it waiting (after its commit); at most seenPerBatch × Batch rows
-	seenAfter int64                // the row id after which the next look for old rows starts; 0: from the first
-	lastSweep time.Time            // when the last sweep began (cfg.Now)
-	busy      bool                 // the last sweep found rows or failed (or none ran yet): sweep again after Interval, not IdleInterval
-	epoch     uint64               // the TopologyEpoch whose re-delete pass completed (New: the epoch at New)
-	retry     map[string]time.Time // key → when its re-delete first failed; retried every sweep until it succeeds or is MaxAge old
-	repass    bool                 // a pass could not remember all its failures (more than maxRetries): run it again
-	pass      *redeletePass        // the re-delete pass under way, nil when none
+	sweepMu     sync.Mutex           // serialises sweeps and re-delete passes; guards the fields below
+	seen        map[int64]time.Time  // row id → when a sweep that could not delete keys first saw it waiting (after its commit); at most seenPerBatch × Batch rows
+	seenAfter   int64                // the row id after which the next look for old rows starts; 0: from the first
+	lastSweep   time.Time            // when the last sweep began (cfg.Now)
+	busy        bool                 // the last sweep found rows or failed (or none ran yet): sweep again after Interval, not IdleInterval
+	epoch       uint64               // the TopologyEpoch whose re-delete pass completed (New: the epoch at New)
+	retry       map[string]time.Time // key → when its re-delete first failed; retried every sweep until it succeeds or is MaxAge old
+	retryPrefix map[string]time.Time // the same for whole_prefix rows' key prefixes
+	repass      bool                 // a pass could not remember all its failures (more than maxRetries): run it again
+	pass        *redeletePass        // the re-delete pass under way, nil when none
 
 	doneMu   sync.Mutex    // guards doneIDs; held while an invalidation checks the epoch and queues its row (see queueDone)
 	doneIDs  []int64       // rows whose key was deleted, to mark done
 	doneWake chan struct{} // capacity 1: the marker has work (first id queued, or FlushMax reached)
 	flushMu  sync.Mutex    // held for a whole flush, so flushDone returns only once every id queued before it is marked (or failed)
 
+	prefix    string        // the cache's key prefix: the namespace registered in cache_namespaces
+	register  bool          // the namespace is registered (the Invalidator was Enabled at New)
+	settled   atomic.Bool   // registered, and every transaction in progress at the registration has ended
+	waitFor   []string      // guarded by sweepMu: while not settled, the transactions (virtual ids) that must end first
+	refreshed time.Time     // guarded by sweepMu: the last successful registration or refresh (cfg.Now)
+	wake      chan struct{} // capacity 1: a notification (or a LISTEN reconnection) asks for a sweep now
+
+	listening, listenFailing   atomic.Bool
+	notifications, listenDrops atomic.Int64
+
 	stop      chan struct{}
-	wg        sync.WaitGroup // the sweeper and the marker
+	wg        sync.WaitGroup // the sweeper, the marker and the listener
 	closeOnce sync.Once
 	failing   atomic.Bool // last step failed; logs once per state change
 }
@@ -129,25 +161,44 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 	cfg.FlushInterval = cmp.Or(cfg.FlushInterval, 100*time.Millisecond)
 	cfg.FlushMax = cmp.Or(cfg.FlushMax, 1000)
 	cfg.EpochPoll = cmp.Or(cfg.EpochPoll, min(cfg.Interval, 250*time.Millisecond))
+	if cfg.ListenKeepalive < 0 || cfg.ListenRetry < 0 || cfg.ListenRetryMax < 0 {
+		panic("outbox: negative Config value")
+	}
+	cfg.ListenKeepalive = cmp.Or(cfg.ListenKeepalive, 30*time.Second)
+	cfg.ListenRetry = cmp.Or(cfg.ListenRetry, 100*time.Millisecond)
+	cfg.ListenRetryMax = max(cmp.Or(cfg.ListenRetryMax, 5*time.Second), cfg.ListenRetry)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	o := &Outbox{
 		pool: pool, inv: inv, cfg: cfg,
-		log:       cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
-		pending:   make(map[int64]string),
-		byKey:     make(map[string]int),
-		seen:      make(map[int64]time.Time),
-		retry:     make(map[string]time.Time),
-		lastSweep: cfg.Now(),
-		busy:      true, // rows this instance left before a restart are found after Interval
-		epoch:     inv.TopologyEpoch(),
-		stop:      make(chan struct{}),
-		doneWake:  make(chan struct{}, 1),
+		log:         cmp.Or(cfg.Logger, slog.Default()).With("outbox", cfg.Domain),
+		pending:     make(map[int64]string),
+		byKey:       make(map[string]int),
+		seen:        make(map[int64]time.Time),
+		retry:       make(map[string]time.Time),
+		retryPrefix: make(map[string]time.Time),
+		lastSweep:   cfg.Now(),
+		busy:        true, // rows this instance left before a restart are found after Interval
+		epoch:       inv.TopologyEpoch(),
+		stop:        make(chan struct{}),
+		doneWake:    make(chan struct{}, 1),
+		wake:        make(chan struct{}, 1),
+		prefix:      inv.FullKey(""),
+		register:    inv.Enabled(),
+	}
+	if o.register {
+		o.registerAtNew()
+	} else {
+		o.settled.Store(true) // it reads nothing from Redis
 	}
 	o.wg.Add(2)
 	go o.run()
 	go o.runMarker()
+	if !cfg.NoListen && o.register {
+		o.wg.Add(1)
+		go o.listen()
+	}
 	return o
 }
 
@@ -247,9 +298,16 @@ func (o *Outbox) AnyPending() bool { return o.npend.Load() != 0 }
 // SkipRedis reports whether a read of key (unprefixed, as the domain builds
 // it) must bypass Redis because this process's own invalidation of it is
 // pending (Redis may still hold the old value); the value for
-// cachelayer.FetchOptions.SkipRedis. With nothing pending it is one atomic
-// load and builds no key.
+// cachelayer.FetchOptions.SkipRedis. With nothing pending it is two atomic
+// loads and builds no key.
+//
+// It is also true for every key until the process's namespace has settled
+// (see namespace.go): a change made outside the library while it
+// registered may not have recorded a row for it.
 func (o *Outbox) SkipRedis(key string) bool {
+	if !o.settled.Load() {
+		return true
+	}
 	return o.AnyPending() && o.Pending(o.inv.FullKey(key))
 }
 
@@ -327,6 +385,11 @@ func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 		Cleaned:   o.cleaned.Load(),
 		Redeleted: o.redeleted.Load(),
 		Failures:  o.failures.Load(),
+
+		Listening:     o.listening.Load(),
+		Notifications: o.notifications.Load(),
+		ListenDrops:   o.listenDrops.Load(),
+		Settled:       o.settled.Load(),
 	}, nil
 }
 
@@ -334,7 +397,11 @@ func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 // done the rows of invalidations that reached Redis. It is idempotent. Rows
 // left waiting in the table are swept by any other instance.
 func (o *Outbox) Close() error {
-	o.closeOnce.Do(func() { close(o.stop) })
+	o.closeOnce.Do(func() {
+		close(o.stop)
+		o.wg.Wait()
+		o.releaseNamespace()
+	})
 	o.wg.Wait()
 	return nil
 }

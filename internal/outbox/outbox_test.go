@@ -68,6 +68,17 @@ func (f *invalidator) DeleteFullEach(_ context.Context, keys []string) []error {
 	return errs
 }
 
+func (f *invalidator) DeleteFullPrefix(_ context.Context, prefix string) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.down || f.disabled || f.fail[prefix+"*"] {
+		return 0, fmt.Errorf("%w: redis down for %s*", cachelayer.ErrUnavailable, prefix)
+	}
+	f.deleted = append(f.deleted, prefix+"*")
+	return 0, nil
+}
+
 func (f *invalidator) TopologyEpoch() uint64 { return f.epoch.Load() }
 
 func (f *invalidator) setFail(keys ...string) {

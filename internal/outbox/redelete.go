@@ -45,6 +45,17 @@ func (o *Outbox) redeleteLocked(ctx context.Context, epoch uint64) error {
 		}
 		var keys []string
 		for _, r := range rows {
+			if r.WholePrefix {
+				// A TRUNCATE or a bulk change: every key under it again.
+				if _, err := o.inv.DeleteFullPrefix(ctx, r.CacheKey); err != nil {
+					failed++
+					keyErr = cmp.Or(keyErr, err)
+					if _, ok := o.retryPrefix[r.CacheKey]; !ok {
+						o.retryPrefix[r.CacheKey] = now // few: one per namespace
+					}
+				}
+				continue
+			}
 			if !p.deleted[r.CacheKey] {
 				p.deleted[r.CacheKey] = true
 				keys = append(keys, r.CacheKey)
@@ -105,7 +116,7 @@ func (o *Outbox) noteRetry(key string, now time.Time) {
 // those it first failed at least MaxAge ago (their entries have expired).
 // The caller holds sweepMu.
 func (o *Outbox) retryRedeletes(ctx context.Context) error {
-	if len(o.retry) == 0 {
+	if len(o.retry) == 0 && len(o.retryPrefix) == 0 {
 		return nil
 	}
 	now := o.cfg.Now()
@@ -117,12 +128,24 @@ func (o *Outbox) retryRedeletes(ctx context.Context) error {
 		}
 		keys = append(keys, k)
 	}
-	if len(keys) == 0 {
-		return nil
-	}
-	errs := o.inv.DeleteFullEach(ctx, keys)
 	failed := 0
 	var keyErr error
+	for p, at := range o.retryPrefix {
+		switch _, err := o.inv.DeleteFullPrefix(ctx, p); {
+		case err == nil:
+			o.redeleted.Add(1)
+			delete(o.retryPrefix, p)
+		case now.Sub(at) >= o.cfg.MaxAge:
+			delete(o.retryPrefix, p)
+		default:
+			failed++
+			keyErr = cmp.Or(keyErr, err)
+		}
+	}
+	var errs []error
+	if len(keys) > 0 {
+		errs = o.inv.DeleteFullEach(ctx, keys)
+	}
 	for i, k := range keys {
 		if errs == nil || errs[i] == nil {
 			o.redeleted.Add(1)

@@ -11,15 +11,19 @@ func (o *Outbox) run() {
 	defer o.wg.Done()
 	t := time.NewTicker(o.cfg.EpochPoll)
 	defer t.Stop()
+	woken := false
 	for {
 		select {
 		case <-o.stop:
 			return
 		case <-t.C:
+		case <-o.wake:
+			woken = true
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, 5*o.cfg.Interval))
-		o.step(ctx)
+		o.step(ctx, woken)
 		cancel()
+		woken = false
 	}
 }
 
@@ -30,11 +34,11 @@ func (o *Outbox) run() {
 // the last sweep found rows, failed, or left re-deletes to retry),
 // IdleInterval after it otherwise. A quiet instance so costs Postgres one
 // statement per IdleInterval and domain.
-func (o *Outbox) step(ctx context.Context) {
+func (o *Outbox) step(ctx context.Context, woken bool) {
 	o.sweepMu.Lock()
 	defer o.sweepMu.Unlock()
-	var err error
-	ran := false
+	err := o.maintainNamespaceLocked(ctx)
+	ran := err != nil
 	if o.inv.Enabled() {
 		if epoch := o.inv.TopologyEpoch(); epoch != o.epoch || o.repass {
 			if o.repass {
@@ -45,12 +49,16 @@ func (o *Outbox) step(ctx context.Context) {
 	}
 	wait := o.cfg.IdleInterval
 	switch {
+	case woken:
+		// A trigger notified: a change made outside the library committed
+		// rows, which the sweep claims at once (they are external).
+		wait = 0
 	case ran && o.pass == nil:
 		// The epoch moved: Redis (or a shard) may be back from an outage
 		// during which any instance's invalidations failed, this one's or
 		// a dead writer's. Sweep now rather than at the idle interval.
 		wait = 0
-	case o.busy || o.AnyPending() || len(o.retry) > 0:
+	case o.busy || o.AnyPending() || len(o.retry)+len(o.retryPrefix) > 0:
 		wait = o.cfg.Interval
 	}
 	if o.cfg.Now().Sub(o.lastSweep) >= wait {

@@ -52,18 +52,25 @@ func (o *Outbox) sweepLocked(ctx context.Context, grace time.Duration) (err erro
 		return o.dropMoot(ctx)
 	}
 	found, failed := false, false
-	defer func() { o.busy = found || failed || err != nil || len(o.retry) > 0 }()
+	defer func() { o.busy = found || failed || err != nil || len(o.retry)+len(o.retryPrefix) > 0 }()
 
 	var errs []error
 	if err := o.flushDone(ctx); err != nil {
 		errs = append(errs, err) // those rows still wait: claimed below, their keys deleted once more
 	}
 	pending := o.pendingIDs() // before the query: their rows committed before they were marked
+	refresh := o.refreshDue()
 	tidy, err := dbq.New(o.pool).CacheOutboxTidy(ctx, dbq.CacheOutboxTidyParams{
 		Domain: o.cfg.Domain, KeepSeconds: o.cfg.MaxAge.Seconds(), GraceSeconds: grace.Seconds(),
+		Refresh: refresh, Prefix: o.prefix, LiveSeconds: o.liveSeconds(),
 	})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("outbox: sweep: %w", err))...)
+	}
+	if refresh {
+		if err := o.refreshedLocked(ctx, tidy.WasLive); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	o.cleaned.Add(tidy.Cleaned)
 	found = tidy.Waiting // rows left to their writers too: look again after Interval
@@ -138,19 +145,36 @@ func (o *Outbox) sweepBatch(ctx context.Context, after int64, grace time.Duratio
 	}
 	keys := make([]string, 0, len(rows))
 	index := make(map[string]int, len(rows)) // key → its place in keys
+	prefixErrs := map[string]error{}         // whole_prefix rows: prefix → its delete's outcome
 	for _, r := range rows {
+		if r.WholePrefix {
+			if _, ok := prefixErrs[r.CacheKey]; !ok {
+				_, prefixErrs[r.CacheKey] = o.inv.DeleteFullPrefix(ctx, r.CacheKey)
+			}
+			continue
+		}
 		if _, ok := index[r.CacheKey]; !ok {
 			index[r.CacheKey] = len(keys)
 			keys = append(keys, r.CacheKey)
 		}
 	}
-	errs := o.inv.DeleteFullEach(ctx, keys)
+	var errs []error
+	if len(keys) > 0 {
+		errs = o.inv.DeleteFullEach(ctx, keys)
+	}
 	done := make([]int64, 0, len(rows))
 	for _, r := range rows {
-		if errs == nil || errs[index[r.CacheKey]] == nil {
+		var err error
+		switch {
+		case r.WholePrefix:
+			err = prefixErrs[r.CacheKey]
+		case errs != nil:
+			err = errs[index[r.CacheKey]]
+		}
+		if err == nil {
 			done = append(done, r.ID)
 		} else if keyErr == nil {
-			keyErr = errs[index[r.CacheKey]]
+			keyErr = err
 		}
 	}
 	claimed, failed, last = len(rows), len(rows)-len(done), rows[len(rows)-1].ID

@@ -207,3 +207,99 @@ func NewID() int64 {
 	idSeq.CompareAndSwap(0, time.Now().UnixNano()/1000%1_000_000_000)
 	return idSeq.Add(1)
 }
+
+var (
+	tplOnce sync.Once
+	tplName string // a migrated database no one connects to, copied by IsolatedDatabaseURL
+	tplErr  error
+)
+
+// IsolatedDatabaseURL returns the URL of a fresh migrated database of t's
+// own, dropped when t ends: a copy of a template migrated once per test
+// binary. It is for tests that count every statement, sweep or outbox row
+// of a domain, which the cached repositories of other tests in the binary
+// would disturb: their namespaces get rows from every write, and their
+// sweepers wake on every notification.
+func IsolatedDatabaseURL(t testing.TB) string {
+	t.Helper()
+	base := baseDatabaseURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tplOnce.Do(func() {
+		u, drop, err := createDatabase(ctx, base)
+		if err != nil {
+			tplErr = err
+			return
+		}
+		atExit(t, drop)
+		pool, err := pgxpool.New(ctx, u)
+		if err != nil {
+			tplErr = fmt.Errorf("connect template database: %w", err)
+			return
+		}
+		defer pool.Close() // a template must have no connections to be copied
+		if err := db.Migrate(ctx, pool); err != nil {
+			tplErr = err
+			return
+		}
+		pu, err := url.Parse(u)
+		if err != nil {
+			tplErr = err
+			return
+		}
+		tplName = pu.Path[1:]
+	})
+	if tplErr != nil {
+		t.Fatalf("testsvc: template database: %v", tplErr)
+	}
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("testsvc: connect %s: %v", redact.URL(base), err)
+	}
+	defer conn.Close(ctx)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := fmt.Sprintf("ghlcache_test_%d_%s", os.Getpid(), hex.EncodeToString(b[:]))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+pgx.Identifier{tplName}.Sanitize()); err != nil {
+		t.Fatalf("testsvc: create database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, base)
+		if err != nil {
+			t.Errorf("testsvc: drop %s: %v", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+			t.Errorf("testsvc: drop %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("testsvc: parse %s: %v", redact.URL(base), err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// NewPoolOn is NewPool on the database at url (IsolatedDatabaseURL's).
+func NewPoolOn(t testing.TB, url string, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatalf("testsvc: parse database url: %v", err)
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("testsvc: new pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
