@@ -193,7 +193,11 @@ func TestExternalRollbackInvalidatesNothing(t *testing.T) {
 	user := testsvc.NewID()
 	_, err := sql.Exec(ctx, `INSERT INTO credit_balances VALUES ($1, $2, 100, 1, now())`, user, enrichment)
 	require.NoError(t, err)
-	untilBalance(ctx, t, a, user, 100, time.Now())
+	require.Eventually(t, func() bool { // the INSERT's own invalidation has landed
+		st, err := a.repo.OutboxStats(ctx)
+		return err == nil && st.Depth == 0
+	}, 10*time.Second, time.Millisecond)
+	require.Equal(t, int64(100), mustBalance(ctx, t, a.repo, user).Amount) // cached
 
 	var last int64
 	require.NoError(t, sql.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM cache_outbox`).Scan(&last))
@@ -460,4 +464,61 @@ func TestExternalWritersRaceCachedReaders(t *testing.T) {
 			require.Equal(t, want, mustBalance(ctx, t, in.repo, base+int64(u)), "user %d", base+int64(u))
 		}
 	}
+}
+
+// TestBulkUpdateIsOneInvalidation: one UPDATE of 100 000 balances (past
+// ghlcache.bulk_threshold) records one whole-prefix row for the live
+// namespace, not 100 000, and sends one notification; the sweep deletes
+// every key under "credits:" and the cached balances read fresh. It
+// reports the UPDATE's time with and without the triggers.
+func TestBulkUpdateIsOneInvalidation(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	dbURL := testsvc.IsolatedDatabaseURL(t)
+	sql := externalConn(ctx, t, dbURL)
+	const n = 100_000
+	base := testsvc.NewID() * 1_000_000
+	_, err := sql.Exec(ctx, `INSERT INTO credit_balances SELECT g, 'enrichment', 1, 1, now() FROM generate_series($1::bigint, $1::bigint + $2 - 1) g`, base, n)
+	require.NoError(t, err)
+	bulk := func() time.Duration {
+		t.Helper()
+		began := time.Now()
+		tag, err := sql.Exec(ctx, `UPDATE credit_balances SET balance = balance + 1, version = version + 1`)
+		require.NoError(t, err)
+		require.EqualValues(t, n, tag.RowsAffected())
+		return time.Since(began)
+	}
+	_, err = sql.Exec(ctx, `ALTER TABLE credit_balances DISABLE TRIGGER credit_balances_outbox_update`)
+	require.NoError(t, err)
+	without := bulk()
+	_, err = sql.Exec(ctx, `ALTER TABLE credit_balances ENABLE TRIGGER credit_balances_outbox_update`)
+	require.NoError(t, err)
+	noNamespace := bulk() // triggers on, nobody caching: nothing recorded
+
+	a := newInstanceOn(t, dbURL, testsvc.Prefix(t), "", &credits.CachedConfig{})
+	for u := range 10 {
+		require.Equal(t, int64(3), mustBalance(ctx, t, a.repo, base+int64(u)).Amount)
+	}
+	st, err := a.repo.OutboxStats(ctx)
+	require.NoError(t, err)
+	var last int64
+	require.NoError(t, sql.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM cache_outbox`).Scan(&last))
+	with := bulk()
+	type row struct {
+		Key   string
+		Whole bool
+	}
+	rows, err := sql.Query(ctx, `SELECT cache_key, whole_prefix FROM cache_outbox WHERE id > $1`, last)
+	require.NoError(t, err)
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	require.NoError(t, err)
+	require.Equal(t, []row{{a.cache.FullKey("credits:"), true}}, got, "one whole-prefix row")
+	for u := range 10 {
+		untilBalance(ctx, t, a, base+int64(u), 4, time.Now())
+	}
+	after, err := a.repo.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, st.Notifications+1, after.Notifications, "one notification for the statement")
+	t.Logf("UPDATE of %d balances: %v without the triggers, %v with them and no cache live, %v with a live namespace (one whole-prefix row)",
+		n, without.Round(time.Millisecond), noNamespace.Round(time.Millisecond), with.Round(time.Millisecond))
 }

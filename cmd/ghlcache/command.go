@@ -42,6 +42,7 @@ var commands = []*command{
 	demoCommand,
 	benchCommand,
 	cacheCommand,
+	outboxCommand,
 }
 
 // env is what every command gets: the global settings and the output streams.

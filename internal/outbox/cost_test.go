@@ -3,10 +3,13 @@ package outbox_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -153,3 +156,50 @@ func TestIdleStatementsPerSecond(t *testing.T) {
 	}
 	require.Equal(t, int64(1), tracer.Count()-before, "idle again")
 }
+
+// TestIdleCostWithListen: the idle cost with the LISTEN connection up, at
+// the defaults (IdleInterval 2 s, a namespace refresh every 30 s, a ping
+// of the LISTEN connection every 30 s) over a simulated 10 minutes: the
+// namespace's registration at New, one LISTEN, one sweep per IdleInterval
+// (refreshes ride on them: no statement of their own). The pings (one per
+// ListenKeepalive of real time, not a statement the tracer sees) add 2
+// per minute: 32 round trips per minute and domain.
+func TestIdleCostWithListen(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tracer := &exceptStats{}
+	pool := testsvc.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
+	inv := &invalidator{}
+	clk := &clock{now: time.Now()}
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(pool, inv, outbox.Config{Domain: domain, EpochPoll: time.Hour, Now: clk.Now})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+	atNew := tracer.n.Load()
+	require.Eventually(t, func() bool { return mustStats(ctx, t, o).Listening }, 10*time.Second, time.Millisecond)
+	require.Equal(t, int64(1), tracer.n.Load()-atNew, "one LISTEN")
+
+	const seconds = 600
+	for range seconds {
+		clk.Advance(time.Second)
+		o.Step(ctx)
+	}
+	got := tracer.n.Load() - atNew - 1 // LISTEN
+	require.Equal(t, int64(seconds/2), got, "one sweep per IdleInterval, refreshes included")
+	var live time.Time
+	require.NoError(t, pool.QueryRow(ctx, `SELECT live_until FROM cache_namespaces WHERE domain = $1`, domain).Scan(&live))
+	require.WithinDuration(t, time.Now().Add(6*time.Minute+5*time.Minute), live, 30*time.Second, "refreshed: MaxAge (6 min) + 5 min from now (real time)")
+	t.Logf("idle, LISTENing: %d statements in %d simulated s = %.0f per minute per domain (+2 pings per minute)", got, seconds, float64(got)*60/seconds)
+}
+
+// exceptStats counts every statement but the test's own Stats calls.
+type exceptStats struct{ n atomic.Int64 }
+
+func (e *exceptStats) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if !strings.Contains(d.SQL, "-- name: CacheOutboxStats") {
+		e.n.Add(1)
+	}
+	return ctx
+}
+
+func (e *exceptStats) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}

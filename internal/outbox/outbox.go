@@ -73,8 +73,12 @@ type Config struct {
 	// ListenRetryMax bound the backoff between redials, 100 ms to 5 s.
 	NoListen        bool
 	ListenKeepalive time.Duration
-	ListenRetry     time.Duration
-	ListenRetryMax  time.Duration
+	// NoNamespace keeps the outbox out of cache_namespaces (an operator's
+	// one-shot sweep: it caches nothing, so no trigger needs to write rows
+	// for it).
+	NoNamespace    bool
+	ListenRetry    time.Duration
+	ListenRetryMax time.Duration
 
 	Now func() time.Time // the clock MaxAge and the sweep schedule are measured on, time.Now; tests set it
 }
@@ -185,12 +189,12 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 		doneWake:    make(chan struct{}, 1),
 		wake:        make(chan struct{}, 1),
 		prefix:      inv.FullKey(""),
-		register:    inv.Enabled(),
+		register:    inv.Enabled() && !cfg.NoNamespace,
 	}
 	if o.register {
 		o.registerAtNew()
 	} else {
-		o.settled.Store(true) // it reads nothing from Redis
+		o.settled.Store(true) // it caches nothing (no Redis, or an operator's sweep)
 	}
 	o.wg.Add(2)
 	go o.run()

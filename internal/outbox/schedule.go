@@ -6,7 +6,13 @@ import (
 	"time"
 )
 
-// run takes a step every EpochPoll until Close.
+// externalOnly is the claim grace of a sweep woken by a notification: no
+// row of the library's own is that old (it would be dropped as moot
+// first), so the sweep claims the external rows only.
+const externalOnly = 100 * 365 * 24 * time.Hour
+
+// run takes a step every EpochPoll, and one whenever the LISTEN connection
+// is notified, until Close.
 func (o *Outbox) run() {
 	defer o.wg.Done()
 	t := time.NewTicker(o.cfg.EpochPoll)
@@ -32,8 +38,9 @@ func (o *Outbox) run() {
 // epoch is an atomic load); else a sweep when one is due: Interval after
 // the last while there is work (this process has pending invalidations, or
 // the last sweep found rows, failed, or left re-deletes to retry),
-// IdleInterval after it otherwise. A quiet instance so costs Postgres one
-// statement per IdleInterval and domain.
+// IdleInterval after it otherwise; and, when woken by a notification with
+// no sweep due, a sweep of the external rows. A quiet instance so costs
+// Postgres one statement per IdleInterval and domain.
 func (o *Outbox) step(ctx context.Context, woken bool) {
 	o.sweepMu.Lock()
 	defer o.sweepMu.Unlock()
@@ -49,10 +56,6 @@ func (o *Outbox) step(ctx context.Context, woken bool) {
 	}
 	wait := o.cfg.IdleInterval
 	switch {
-	case woken:
-		// A trigger notified: a change made outside the library committed
-		// rows, which the sweep claims at once (they are external).
-		wait = 0
 	case ran && o.pass == nil:
 		// The epoch moved: Redis (or a shard) may be back from an outage
 		// during which any instance's invalidations failed, this one's or
@@ -61,8 +64,19 @@ func (o *Outbox) step(ctx context.Context, woken bool) {
 	case o.busy || o.AnyPending() || len(o.retry)+len(o.retryPrefix) > 0:
 		wait = o.cfg.Interval
 	}
-	if o.cfg.Now().Sub(o.lastSweep) >= wait {
+	switch {
+	case o.cfg.Now().Sub(o.lastSweep) >= wait:
 		err, ran = errors.Join(err, o.sweepLocked(ctx, o.claimGrace())), true
+	case woken:
+		// A trigger notified: a change made outside the library committed
+		// rows, claimed at once. Only those: the library's own rows are
+		// their writers' to mark, and every instance is woken alike. It
+		// leaves the schedule of the regular sweeps as it was, so a stream
+		// of notifications never postpones them.
+		last, busy := o.lastSweep, o.busy
+		serr := o.sweepLocked(ctx, externalOnly)
+		o.lastSweep, o.busy = last, busy || serr != nil
+		err, ran = errors.Join(err, serr), true
 	}
 	if !ran {
 		return
