@@ -29,136 +29,175 @@ ALTER TABLE cache_outbox
     ADD COLUMN external boolean NOT NULL DEFAULT false,
     ADD COLUMN whole_prefix boolean NOT NULL DEFAULT false;
 
--- cache_outbox_record writes the rows of one statement's change: for every
--- live namespace of p_domain, one row per key of p_keys (unprefixed, as
--- the Go code builds them), or, when p_keys is NULL or longer than the
--- setting ghlcache.bulk_threshold (1000 when unset), one whole_prefix row
--- for p_key_prefix. The key a library write records itself in this
--- transaction (the setting ghlcache.recorded_key, a full key) is skipped.
--- When it wrote a row it notifies channel 'ghlcache_' || p_domain (once
--- per transaction: Postgres folds equal notifications).
--- +goose StatementBegin
-CREATE FUNCTION cache_outbox_record(p_domain text, p_keys text[], p_key_prefix text)
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    recorded  text := coalesce(current_setting('ghlcache.recorded_key', true), '');
-    threshold bigint := coalesce(nullif(current_setting('ghlcache.bulk_threshold', true), '')::bigint, 1000);
-    n         bigint;
-BEGIN
-    IF p_keys IS NOT NULL AND cardinality(p_keys) = 0 THEN
-        RETURN;
-    END IF;
-    IF p_keys IS NULL OR cardinality(p_keys) > threshold THEN
-        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
-        SELECT p_domain, ns.prefix || p_key_prefix, now(), true, true
-        FROM cache_namespaces ns
-        WHERE ns.domain = p_domain AND ns.live_until > now();
-    ELSE
-        INSERT INTO cache_outbox (domain, cache_key, created_at, external)
-        SELECT p_domain, ns.prefix || k.key, now(), true
-        FROM cache_namespaces ns, unnest(p_keys) AS k(key)
-        WHERE ns.domain = p_domain AND ns.live_until > now()
-          AND ns.prefix || k.key <> recorded;
-    END IF;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM pg_notify('ghlcache_' || p_domain, '');
-    END IF;
-END
-$$;
--- +goose StatementEnd
+-- The trigger functions write the rows of one statement's change, in one
+-- INSERT: for every live namespace of the domain, one row per changed key
+-- (built as the Go code builds it), or, when the statement changed more
+-- keys than the setting ghlcache.bulk_threshold (1000 when unset), or was
+-- a TRUNCATE, one whole_prefix row for the domain's key prefix. The key a
+-- library write records itself in this transaction (the setting
+-- ghlcache.recorded_key, a full key) is skipped. When they wrote a row they
+-- notify channel 'ghlcache_' || domain (once per transaction: Postgres
+-- folds equal notifications). Statement-level triggers with transition
+-- tables: one call per statement, however many rows it changed.
 
 -- The balance of (user_id, credit_type) is "credits:{user_id}:{credit_type}"
--- (credits.Key); a TRUNCATE invalidates every key under "credits:".
--- Statement-level triggers with transition tables: one call per
--- statement, however many rows it changed.
+-- (credits.Key).
 -- +goose StatementBegin
 CREATE FUNCTION credit_balances_cache_outbox() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    keys text[];
-    n    bigint;
+    recorded  text := coalesce(current_setting('ghlcache.recorded_key', true), '');
+    threshold bigint := coalesce(nullif(current_setting('ghlcache.bulk_threshold', true), '')::bigint, 1000);
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        PERFORM cache_outbox_record('credits', NULL, 'credits:');
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        SELECT count(*) INTO n FROM old_rows;
-    ELSE
-        SELECT count(*) INTO n FROM new_rows;
-    END IF;
-    IF n > coalesce(nullif(current_setting('ghlcache.bulk_threshold', true), '')::bigint, 1000) THEN
-        PERFORM cache_outbox_record('credits', NULL, 'credits:');
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT 'credits:' || r.user_id::text || ':' || r.credit_type) INTO keys FROM new_rows r;
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'credits', n.prefix || 'credits:', now(), true, true
+        FROM cache_namespaces n WHERE n.domain = 'credits' AND n.live_until > now();
+    ELSIF TG_OP = 'INSERT' THEN
+        WITH k AS (
+            SELECT DISTINCT 'credits:' || r.user_id::text || ':' || r.credit_type AS key FROM new_rows r
+        ), ns AS (
+            SELECT n.prefix FROM cache_namespaces n WHERE n.domain = 'credits' AND n.live_until > now()
+        ), bulk AS (
+            SELECT count(*) > threshold AS whole FROM k
+        )
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'credits', ns.prefix || k.key, now(), true, false
+        FROM k, ns, bulk
+        WHERE NOT bulk.whole AND ns.prefix || k.key <> recorded
+        UNION ALL
+        SELECT 'credits', ns.prefix || 'credits:', now(), true, true
+        FROM ns, bulk
+        WHERE bulk.whole;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT 'credits:' || r.user_id::text || ':' || r.credit_type) INTO keys FROM old_rows r;
+        WITH k AS (
+            SELECT DISTINCT 'credits:' || r.user_id::text || ':' || r.credit_type AS key FROM old_rows r
+        ), ns AS (
+            SELECT n.prefix FROM cache_namespaces n WHERE n.domain = 'credits' AND n.live_until > now()
+        ), bulk AS (
+            SELECT count(*) > threshold AS whole FROM k
+        )
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'credits', ns.prefix || k.key, now(), true, false
+        FROM k, ns, bulk
+        WHERE NOT bulk.whole AND ns.prefix || k.key <> recorded
+        UNION ALL
+        SELECT 'credits', ns.prefix || 'credits:', now(), true, true
+        FROM ns, bulk
+        WHERE bulk.whole;
     ELSE -- an UPDATE may move a row to another key: both are stale
-        SELECT array_agg(DISTINCT k) INTO keys FROM (
-            SELECT 'credits:' || r.user_id::text || ':' || r.credit_type FROM old_rows r
-            UNION ALL
-            SELECT 'credits:' || r.user_id::text || ':' || r.credit_type FROM new_rows r
-        ) AS u(k);
+        WITH k AS (
+            SELECT DISTINCT u.key AS key FROM (SELECT 'credits:' || r.user_id::text || ':' || r.credit_type FROM old_rows r UNION ALL SELECT 'credits:' || r.user_id::text || ':' || r.credit_type FROM new_rows r) AS u(key)
+        ), ns AS (
+            SELECT n.prefix FROM cache_namespaces n WHERE n.domain = 'credits' AND n.live_until > now()
+        ), bulk AS (
+            SELECT count(*) > threshold AS whole FROM k
+        )
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'credits', ns.prefix || k.key, now(), true, false
+        FROM k, ns, bulk
+        WHERE NOT bulk.whole AND ns.prefix || k.key <> recorded
+        UNION ALL
+        SELECT 'credits', ns.prefix || 'credits:', now(), true, true
+        FROM ns, bulk
+        WHERE bulk.whole;
     END IF;
-    PERFORM cache_outbox_record('credits', coalesce(keys, '{}'), 'credits:');
+    IF FOUND THEN
+        PERFORM pg_notify('ghlcache_credits', '');
+    END IF;
     RETURN NULL;
 END
 $$;
 -- +goose StatementEnd
 
--- The definition of id is "workflow:{id}:definition" (workflows.Key); a
--- TRUNCATE invalidates every key under "workflow:".
+-- The definition of id is "workflow:{id}:definition" (workflows.Key).
 -- +goose StatementBegin
 CREATE FUNCTION workflow_definitions_cache_outbox() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    keys text[];
-    n    bigint;
+    recorded  text := coalesce(current_setting('ghlcache.recorded_key', true), '');
+    threshold bigint := coalesce(nullif(current_setting('ghlcache.bulk_threshold', true), '')::bigint, 1000);
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        PERFORM cache_outbox_record('workflows', NULL, 'workflow:');
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        SELECT count(*) INTO n FROM old_rows;
-    ELSE
-        SELECT count(*) INTO n FROM new_rows;
-    END IF;
-    IF n > coalesce(nullif(current_setting('ghlcache.bulk_threshold', true), '')::bigint, 1000) THEN
-        PERFORM cache_outbox_record('workflows', NULL, 'workflow:');
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT 'workflow:' || r.id::text || ':definition') INTO keys FROM new_rows r;
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'workflows', n.prefix || 'workflow:', now(), true, true
+        FROM cache_namespaces n WHERE n.domain = 'workflows' AND n.live_until > now();
+    ELSIF TG_OP = 'INSERT' THEN
+        WITH k AS (
+            SELECT DISTINCT 'workflow:' || r.id::text || ':definition' AS key FROM new_rows r
+        ), ns AS (
+            SELECT n.prefix FROM cache_namespaces n WHERE n.domain = 'workflows' AND n.live_until > now()
+        ), bulk AS (
+            SELECT count(*) > threshold AS whole FROM k
+        )
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'workflows', ns.prefix || k.key, now(), true, false
+        FROM k, ns, bulk
+        WHERE NOT bulk.whole AND ns.prefix || k.key <> recorded
+        UNION ALL
+        SELECT 'workflows', ns.prefix || 'workflow:', now(), true, true
+        FROM ns, bulk
+        WHERE bulk.whole;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT 'workflow:' || r.id::text || ':definition') INTO keys FROM old_rows r;
-    ELSE
-        SELECT array_agg(DISTINCT k) INTO keys FROM (
-            SELECT 'workflow:' || r.id::text || ':definition' FROM old_rows r
-            UNION ALL
-            SELECT 'workflow:' || r.id::text || ':definition' FROM new_rows r
-        ) AS u(k);
+        WITH k AS (
+            SELECT DISTINCT 'workflow:' || r.id::text || ':definition' AS key FROM old_rows r
+        ), ns AS (
+            SELECT n.prefix FROM cache_namespaces n WHERE n.domain = 'workflows' AND n.live_until > now()
+        ), bulk AS (
+            SELECT count(*) > threshold AS whole FROM k
+        )
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'workflows', ns.prefix || k.key, now(), true, false
+        FROM k, ns, bulk
+        WHERE NOT bulk.whole AND ns.prefix || k.key <> recorded
+        UNION ALL
+        SELECT 'workflows', ns.prefix || 'workflow:', now(), true, true
+        FROM ns, bulk
+        WHERE bulk.whole;
+    ELSE -- an UPDATE may move a row to another key: both are stale
+        WITH k AS (
+            SELECT DISTINCT u.key AS key FROM (SELECT 'workflow:' || r.id::text || ':definition' FROM old_rows r UNION ALL SELECT 'workflow:' || r.id::text || ':definition' FROM new_rows r) AS u(key)
+        ), ns AS (
+            SELECT n.prefix FROM cache_namespaces n WHERE n.domain = 'workflows' AND n.live_until > now()
+        ), bulk AS (
+            SELECT count(*) > threshold AS whole FROM k
+        )
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external, whole_prefix)
+        SELECT 'workflows', ns.prefix || k.key, now(), true, false
+        FROM k, ns, bulk
+        WHERE NOT bulk.whole AND ns.prefix || k.key <> recorded
+        UNION ALL
+        SELECT 'workflows', ns.prefix || 'workflow:', now(), true, true
+        FROM ns, bulk
+        WHERE bulk.whole;
     END IF;
-    PERFORM cache_outbox_record('workflows', coalesce(keys, '{}'), 'workflow:');
+    IF FOUND THEN
+        PERFORM pg_notify('ghlcache_workflows', '');
+    END IF;
     RETURN NULL;
 END
 $$;
 -- +goose StatementEnd
 
--- A trigger with transition tables fires on one event only.
+-- A trigger with transition tables fires on one event only. The balance
+-- triggers do not fire for a statement of credit_apply that records its
+-- invalidations itself (the setting ghlcache.recorded, on only around that
+-- statement): the WHEN is checked without calling the function, which
+-- keeps the library's own writes as cheap as without triggers.
 CREATE TRIGGER credit_balances_outbox_insert AFTER INSERT ON credit_balances
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION credit_balances_cache_outbox();
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (coalesce(current_setting('ghlcache.recorded', true), '') = '')
+    EXECUTE FUNCTION credit_balances_cache_outbox();
 CREATE TRIGGER credit_balances_outbox_update AFTER UPDATE ON credit_balances
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION credit_balances_cache_outbox();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (coalesce(current_setting('ghlcache.recorded', true), '') = '')
+    EXECUTE FUNCTION credit_balances_cache_outbox();
 CREATE TRIGGER credit_balances_outbox_delete AFTER DELETE ON credit_balances
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION credit_balances_cache_outbox();
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    WHEN (coalesce(current_setting('ghlcache.recorded', true), '') = '')
+    EXECUTE FUNCTION credit_balances_cache_outbox();
 CREATE TRIGGER credit_balances_outbox_truncate AFTER TRUNCATE ON credit_balances
     FOR EACH STATEMENT EXECUTE FUNCTION credit_balances_cache_outbox();
 
@@ -185,11 +224,13 @@ DECLARE
     l credit_ledger%ROWTYPE;
     b credit_balances%ROWTYPE;
     o bigint := 0;
+    changed boolean;
 BEGIN
     IF p_outbox_domain IS NOT NULL THEN
-        -- This change records its own outbox row (below): the balance
-        -- triggers record none for this key in this transaction.
-        PERFORM set_config('ghlcache.recorded_key', p_outbox_key, true);
+        -- This change records its own invalidations (below), for its own
+        -- namespace and every other live one: the balance triggers skip
+        -- its balance statement.
+        PERFORM set_config('ghlcache.recorded', 'on', true);
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
         SELECT * INTO l FROM credit_ledger AS cl
@@ -211,6 +252,7 @@ BEGIN
             version    = cb.version + 1,
             updated_at = now()
         RETURNING cb.* INTO b;
+        PERFORM set_config('ghlcache.recorded', '', true);
     ELSE
         -- One conditional UPDATE: a concurrent deduct waits for the row lock
         -- and re-checks the condition, so no update is lost and the balance
@@ -222,7 +264,9 @@ BEGIN
         WHERE cb.user_id = p_user_id AND cb.credit_type = p_credit_type
           AND cb.balance >= -p_delta
         RETURNING cb.* INTO b;
-        IF NOT FOUND THEN
+        changed := FOUND; -- before PERFORM, which sets FOUND
+        PERFORM set_config('ghlcache.recorded', '', true);
+        IF NOT changed THEN
             IF p_idempotency_key IS NOT NULL THEN
                 -- A racing first attempt with this key may have taken the
                 -- credits; the UPDATE waited for its commit.
@@ -252,6 +296,16 @@ BEGIN
         INSERT INTO cache_outbox (domain, cache_key, created_at)
         VALUES (p_outbox_domain, p_outbox_key, now())
         RETURNING id INTO o;
+        -- Every other live namespace of the domain (another prefix on this
+        -- database), as the triggers would: external rows, swept at once.
+        INSERT INTO cache_outbox (domain, cache_key, created_at, external)
+        SELECT p_outbox_domain, n.prefix || k.key, now(), true
+        FROM cache_namespaces n, (SELECT 'credits:' || p_user_id::text || ':' || p_credit_type) AS k(key)
+        WHERE n.domain = p_outbox_domain AND n.live_until > now()
+          AND n.prefix || k.key <> p_outbox_key;
+        IF FOUND THEN
+            PERFORM pg_notify('ghlcache_' || p_outbox_domain, '');
+        END IF;
     END IF;
     RETURN QUERY SELECT 'applied'::text, b.balance, b.version, b.updated_at, p_delta, o;
 END
@@ -349,7 +403,6 @@ DROP TRIGGER credit_balances_outbox_update ON credit_balances;
 DROP TRIGGER credit_balances_outbox_insert ON credit_balances;
 DROP FUNCTION workflow_definitions_cache_outbox();
 DROP FUNCTION credit_balances_cache_outbox();
-DROP FUNCTION cache_outbox_record(text, text[], text);
 DELETE FROM cache_outbox WHERE external OR whole_prefix;
 ALTER TABLE cache_outbox DROP COLUMN whole_prefix, DROP COLUMN external;
 DROP TABLE cache_namespaces;

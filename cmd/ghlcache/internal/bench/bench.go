@@ -348,7 +348,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				return nil, err
 			}
 			load := MixedLoad{Keys: hot, Goroutines: cfg.MixedGoroutines, Duration: cfg.Duration, Seed: uint64(round*1000 + 5)}
-			r, err := runFresh(ctx, k, freshEnvs(k, fmt.Sprintf("ro%d", round)), load, counter)
+			r, err := runFresh(ctx, k, freshEnvs(k, fmt.Sprintf("ro%d", round)), load, counter, cfg.Prefix)
 			if err != nil {
 				return nil, fmt.Errorf("bench: read-only from cold %s: %w", k, err)
 			}
@@ -357,7 +357,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				return nil, err
 			}
 			load.WriteFraction, load.Seed = cfg.WriteFraction, uint64(round*1000+7)
-			if r, err = runFresh(ctx, k, freshEnvs(k, fmt.Sprintf("mx%d", round)), load, counter); err != nil {
+			if r, err = runFresh(ctx, k, freshEnvs(k, fmt.Sprintf("mx%d", round)), load, counter, cfg.Prefix); err != nil {
 				return nil, fmt.Errorf("bench: 95/5 %s: %w", k, err)
 			}
 			mixed[k] = append(mixed[k], r)

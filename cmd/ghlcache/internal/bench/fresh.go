@@ -3,7 +3,10 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
@@ -83,12 +86,23 @@ type freshResult struct {
 // prefixes of their own), runs load on them with reads and writes spread
 // round-robin over the instances (so that a read may follow another
 // instance's write), measures the costs, and closes the instances.
-func runFresh(ctx context.Context, kind Kind, envs []SystemEnv, load MixedLoad, queries *QueryCounter) (res freshResult, err error) {
+//
+// Each system is measured as if it ran alone on the database: the cache
+// namespaces of every other ghlcache instance of the run (under
+// runPrefix, the bench's: the long-lived instances of the other workloads,
+// and any left by an earlier run) are removed
+// from cache_namespaces for the run, so that this system's writes pay no
+// trigger rows and notifications for caches that are not under test; and
+// the fresh instances' own are removed after it. (The long-lived instances
+// register theirs again at their next refresh; their hot keys may then be
+// stale, which no other measurement reads for freshness.)
+func runFresh(ctx context.Context, kind Kind, envs []SystemEnv, load MixedLoad, queries *QueryCounter, runPrefix string) (res freshResult, err error) {
 	insts := make([]System, 0, len(envs))
 	defer func() {
 		for _, s := range insts {
 			err = errors.Join(err, s.Close())
 		}
+		err = errors.Join(err, forgetNamespaces(context.WithoutCancel(ctx), envs[0].Pool, runPrefix, ""))
 	}()
 	var hits []HitCounter
 	for _, env := range envs {
@@ -100,6 +114,9 @@ func runFresh(ctx context.Context, kind Kind, envs []SystemEnv, load MixedLoad, 
 		if hc, ok := s.(HitCounter); ok {
 			hits = append(hits, hc)
 		}
+	}
+	if err := forgetNamespaces(ctx, envs[0].Pool, runPrefix, envs[0].Prefix); err != nil {
+		return res, err
 	}
 	var rr atomic.Uint64
 	pick := func() System { return insts[rr.Add(1)%uint64(len(insts))] }
@@ -150,4 +167,18 @@ func coldRow(kind Kind, instances int, rs []freshResult) ColdRow {
 	}
 	row.Cache = rs[len(rs)-1].cache
 	return row
+}
+
+// forgetNamespaces removes from cache_namespaces the namespaces under
+// under, but those under keep ("" keeps none).
+func forgetNamespaces(ctx context.Context, pool *pgxpool.Pool, under, keep string) error {
+	if under == "" {
+		return nil
+	}
+	_, err := pool.Exec(ctx, `DELETE FROM cache_namespaces
+		WHERE starts_with(prefix, $1) AND ($2 = '' OR NOT starts_with(prefix, $2))`, under, keep)
+	if err != nil {
+		return fmt.Errorf("bench: forget cache namespaces: %w", err)
+	}
+	return nil
 }
