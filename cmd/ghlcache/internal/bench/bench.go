@@ -247,25 +247,39 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	for _, k := range cfg.Systems {
 		redisCounters[k] = &RedisCounter{}
 	}
+	// The long-lived instances of every system (hit-heavy, stampedes,
+	// staleness probes) are open only for those workloads: while another
+	// system's cold workloads run, no ghlcache namespace of theirs is live,
+	// so no system's writes pay trigger rows and notifications for caches
+	// not under test (see runFresh). Their entries stay in Redis between.
 	systems := make(map[Kind][]System, nSys)
-	defer func() {
-		for _, insts := range systems {
+	closeSystems := func() error {
+		for k, insts := range systems {
 			for _, s := range insts {
 				_ = s.Close()
 			}
+			delete(systems, k)
 		}
-	}()
-	for _, k := range cfg.Systems {
-		for i := range nInst {
-			s, err := NewSystem(k, SystemEnv{
-				Pool: pools[i], RedisOptions: cfg.RedisOptions,
-				Prefix: cfg.Prefix + runID + systemSlug(k) + ":", Logger: cfg.Logger, RedisCounter: redisCounters[k],
-			})
-			if err != nil {
-				return nil, err
+		return forgetNamespaces(context.WithoutCancel(ctx), pool, cfg.Prefix, "")
+	}
+	defer func() { _ = closeSystems() }()
+	openSystems := func() error {
+		for _, k := range cfg.Systems {
+			for i := range nInst {
+				s, err := NewSystem(k, SystemEnv{
+					Pool: pools[i], RedisOptions: cfg.RedisOptions,
+					Prefix: cfg.Prefix + runID + systemSlug(k) + ":", Logger: cfg.Logger, RedisCounter: redisCounters[k],
+				})
+				if err != nil {
+					return err
+				}
+				systems[k] = append(systems[k], s)
 			}
-			systems[k] = append(systems[k], s)
 		}
+		return nil
+	}
+	if err := openSystems(); err != nil {
+		return nil, err
 	}
 	store := credits.NewStore(pool)
 	truth := func(ctx context.Context, k Key) (credits.Balance, error) { return store.Balance(ctx, k.UserID, k.Type) }
@@ -314,6 +328,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 			return nil, err
 		}
 		order := rotate(cfg.Systems, round)
+		if round > 0 {
+			if err := openSystems(); err != nil {
+				return nil, err
+			}
+		}
 		for _, g := range cfg.Concurrency {
 			readers := []string{FloorName}
 			for _, k := range order {
@@ -343,6 +362,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				hits[name][g] = append(hits[name][g], hitRun{r, m.Stop(r.Reads, 0, r.CPU)})
 			}
 		}
+		if err := closeSystems(); err != nil {
+			return nil, err
+		}
 		for _, k := range order {
 			if err := step(fmt.Sprintf("round %d: read-only Zipf from cold, %s", round+1, k)); err != nil {
 				return nil, err
@@ -361,6 +383,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				return nil, fmt.Errorf("bench: 95/5 %s: %w", k, err)
 			}
 			mixed[k] = append(mixed[k], r)
+		}
+		if err := openSystems(); err != nil {
+			return nil, err
 		}
 		for _, k := range order {
 			for _, n := range []int{1, cfg.StampedeInstances} {
@@ -396,6 +421,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 				return nil, fmt.Errorf("bench: %s: %w", k, err)
 			}
 			stale[k] = append(stale[k], r)
+		}
+		if err := closeSystems(); err != nil {
+			return nil, err
 		}
 	}
 
