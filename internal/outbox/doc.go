@@ -58,4 +58,15 @@
 // The Outbox also remembers which keys this process's own invalidations are
 // still pending for, so its reads of them can bypass the cache
 // (read-your-writes during a Redis outage).
+//
+// # Writes made outside the library
+//
+// Triggers on the domains' tables (db/migrations/00006_external_writes.sql)
+// write rows for every live namespace registered in cache_namespaces,
+// marked external, and notify Channel(domain). Each Outbox registers its
+// namespace (namespace.go: New registers it, sweeps refresh it, Close
+// shortens it; until the writers in progress at the registration have
+// ended, SkipRedis is true for every key) and LISTENs on a connection of
+// its own (listen.go): a notification wakes the sweeper for a sweep of the
+// external rows, which leaves the regular schedule as it was.
 package outbox
