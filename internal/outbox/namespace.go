@@ -20,9 +20,10 @@ import (
 // shortens it to MaxAge (the expiry of anything it filled), and another
 // live instance of the namespace lengthens it again at its next refresh.
 // So any entry in Redis under the prefix expires before the namespace stops
-// being live, while refreshes succeed; five minutes of failed refreshes
-// (Postgres failing, so loads fail too) lapse it, and the next refresh
-// registers it afresh.
+// being live. After unrefreshedLimit (2.5 min) without a successful
+// refresh the process stops reading through Redis (SkipRedis), so nothing
+// it fills can outlive the namespace; five minutes lapse it, and the next
+// refresh registers it afresh and settles it again.
 //
 // A registration is not trusted at once: a transaction that had written
 // the domain's tables (Config.Tables) before it committed may have run its
@@ -75,13 +76,17 @@ func (o *Outbox) registerLocked(ctx context.Context) error {
 func (o *Outbox) refreshedLocked(ctx context.Context, wasLive bool) error {
 	first := o.refreshed.IsZero()
 	o.refreshed = o.cfg.Now()
-	switch {
-	case !first && wasLive:
+	if !first && wasLive {
+		if len(o.waitFor) == 0 && !o.settled.Load() {
+			o.log.Info("cache namespace refreshed again; reading through Redis")
+			o.settled.Store(true) // after unrefreshedLimit without a refresh: it never lapsed
+		}
 		return o.settleLocked(ctx) // no-op once settled
-	case !first && o.settled.Load():
-		o.log.Warn("cache namespace had lapsed; reading from Postgres until the writes in progress have ended")
-		o.settled.Store(false)
 	}
+	if !first && o.settled.Load() {
+		o.log.Warn("cache namespace had lapsed; reading from Postgres until the writes in progress have ended")
+	}
+	o.settled.Store(false)
 	if len(o.cfg.Tables) == 0 {
 		o.waitFor = nil
 		o.settled.Store(true)
@@ -145,11 +150,23 @@ func (o *Outbox) maintainNamespaceLocked(ctx context.Context) error {
 	if !o.register {
 		return nil
 	}
-	if o.refreshed.IsZero() || o.cfg.Now().Sub(o.refreshed) >= 2*o.refreshInterval() {
+	since := o.cfg.Now().Sub(o.refreshed)
+	if !o.refreshed.IsZero() && since >= unrefreshedLimit && o.settled.Load() {
+		// Refreshes have failed for a while: stop filling Redis before
+		// the namespace can lapse, so no entry outlives it.
+		o.log.Warn("cache namespace not refreshed for a while; reading from Postgres until it is", "since", since.Round(time.Second))
+		o.settled.Store(false)
+	}
+	if o.refreshed.IsZero() || since >= 2*o.refreshInterval() {
 		return o.registerLocked(ctx)
 	}
 	return o.settleLocked(ctx)
 }
+
+// unrefreshedLimit is how long after its last successful refresh a
+// namespace is still trusted: half namespaceMargin, so that anything filled
+// while it is trusted expires before the namespace stops being live.
+const unrefreshedLimit = namespaceMargin / 2
 
 // registerAtNew registers the namespace before New returns, waiting up to
 // settleWait for it to settle, so that a repository that can reach

@@ -66,3 +66,35 @@ func TestNamespaceSettlesAfterWritersInProgress(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, `SELECT live_until FROM cache_namespaces WHERE domain = $1`, domain).Scan(&live))
 	require.WithinDuration(t, time.Now().Add(6*time.Minute), live, 30*time.Second, "Close: MaxAge from now")
 }
+
+// TestUnrefreshedNamespaceStopsReadingRedis: while refreshes fail
+// (Postgres cut off), the repository keeps reading through Redis for half
+// the namespace's margin, then reads from Postgres, before the namespace
+// could lapse (nothing it fills may outlive it); the next refresh that
+// succeeds trusts it again.
+func TestUnrefreshedNamespaceStopsReadingRedis(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pool, proxy := testsvc.NewPoolThrough(t, nil)
+	clk := &clock{now: time.Now()}
+	domain := fmt.Sprintf("test-%d", testsvc.NewID())
+	o := outbox.New(pool, &invalidator{}, outbox.Config{Domain: domain, EpochPoll: time.Hour, Now: clk.Now, NoListen: true})
+	t.Cleanup(func() { require.NoError(t, o.Close()) })
+	require.False(t, o.SkipRedis("any"))
+
+	proxy.Block()
+	for range 149 { // 149 s: refreshes (due every 30 s) fail
+		clk.Advance(time.Second)
+		o.Step(ctx)
+	}
+	require.False(t, o.SkipRedis("any"), "trusted for 2.5 min after the last refresh")
+	clk.Advance(time.Second)
+	o.Step(ctx)
+	require.True(t, o.SkipRedis("any"), "2.5 min without a refresh")
+
+	proxy.Open()
+	clk.Advance(time.Second)
+	o.Step(ctx)
+	require.False(t, o.SkipRedis("any"), "refreshed: it never lapsed")
+}
