@@ -73,12 +73,13 @@ type Config struct {
 	// ListenRetryMax bound the backoff between redials, 100 ms to 5 s.
 	NoListen        bool
 	ListenKeepalive time.Duration
+	ListenRetry     time.Duration
+	ListenRetryMax  time.Duration
+
 	// NoNamespace keeps the outbox out of cache_namespaces (an operator's
 	// one-shot sweep: it caches nothing, so no trigger needs to write rows
 	// for it).
-	NoNamespace    bool
-	ListenRetry    time.Duration
-	ListenRetryMax time.Duration
+	NoNamespace bool
 
 	Now func() time.Time // the clock MaxAge and the sweep schedule are measured on, time.Now; tests set it
 }

@@ -50,21 +50,7 @@ func Pool(t testing.TB) *pgxpool.Pool {
 // needs separate instances or counts queries.
 func NewPool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(DatabaseURL(t))
-	if err != nil {
-		t.Fatalf("testsvc: parse database url: %v", err)
-	}
-	if configure != nil {
-		configure(cfg)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatalf("testsvc: new pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
+	return NewPoolOn(t, DatabaseURL(t), configure)
 }
 
 // NewPoolThrough is NewPool with every connection made through a Proxy to
@@ -104,13 +90,7 @@ func NewDatabase(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := drop(ctx); err != nil {
-			t.Errorf("testsvc: %v", err)
-		}
-	})
+	dropAtCleanup(t, drop)
 	return u
 }
 
@@ -171,6 +151,12 @@ func localPostgresAnswers(ctx context.Context) bool {
 // createDatabase creates a uniquely named database on the server of base and
 // returns its URL and a function that drops it.
 func createDatabase(ctx context.Context, base string) (string, func(context.Context) error, error) {
+	return createDatabaseFrom(ctx, base, "")
+}
+
+// createDatabaseFrom is createDatabase with a template database ("": the
+// server's default).
+func createDatabaseFrom(ctx context.Context, base, template string) (string, func(context.Context) error, error) {
 	conn, err := pgx.Connect(ctx, base)
 	if err != nil {
 		return "", nil, fmt.Errorf("connect %s: %w", redact.URL(base), err)
@@ -179,7 +165,11 @@ func createDatabase(ctx context.Context, base string) (string, func(context.Cont
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name := fmt.Sprintf("ghlcache_test_%d_%s", os.Getpid(), hex.EncodeToString(b[:]))
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	create := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize()
+	if template != "" {
+		create += " TEMPLATE " + pgx.Identifier{template}.Sanitize()
+	}
+	if _, err := conn.Exec(ctx, create); err != nil {
 		return "", nil, fmt.Errorf("create database %s: %w", name, err)
 	}
 	u, err := url.Parse(base)
@@ -252,36 +242,12 @@ func IsolatedDatabaseURL(t testing.TB) string {
 	if tplErr != nil {
 		t.Fatalf("testsvc: template database: %v", tplErr)
 	}
-	conn, err := pgx.Connect(ctx, base)
+	u, drop, err := createDatabaseFrom(ctx, base, tplName)
 	if err != nil {
-		t.Fatalf("testsvc: connect %s: %v", redact.URL(base), err)
+		t.Fatalf("testsvc: %v", err)
 	}
-	defer conn.Close(ctx)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := fmt.Sprintf("ghlcache_test_%d_%s", os.Getpid(), hex.EncodeToString(b[:]))
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+pgx.Identifier{tplName}.Sanitize()); err != nil {
-		t.Fatalf("testsvc: create database %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Errorf("testsvc: drop %s: %v", name, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-			t.Errorf("testsvc: drop %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("testsvc: parse %s: %v", redact.URL(base), err)
-	}
-	u.Path = "/" + name
-	return u.String()
+	dropAtCleanup(t, drop)
+	return u
 }
 
 // NewPoolOn is NewPool on the database at url (IsolatedDatabaseURL's).
@@ -302,4 +268,15 @@ func NewPoolOn(t testing.TB, url string, configure func(*pgxpool.Config)) *pgxpo
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// dropAtCleanup drops a test's own database when t ends.
+func dropAtCleanup(t testing.TB, drop func(context.Context) error) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := drop(ctx); err != nil {
+			t.Errorf("testsvc: %v", err)
+		}
+	})
 }
