@@ -25,6 +25,7 @@ type breaker struct {
 	probeTTL  time.Duration
 	logger    *slog.Logger
 	onRecover func() // called once per open → closed transition
+	onOpen    func() // called once per closed → open transition (after mu is released)
 
 	open     atomic.Bool  // state != closed; read without mu on the fast path
 	failures atomic.Int64 // consecutive failures while closed
@@ -91,19 +92,24 @@ func (b *breaker) failure(err error) {
 		}
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.open.Load() {
 		if b.probing { // the half-open probe failed: another cooldown
 			b.probing = false
 			b.openedAt = time.Now()
 		}
+		b.mu.Unlock()
 		return
 	}
 	if b.failures.Load() < int64(b.threshold) { // reset by a success meanwhile
+		b.mu.Unlock()
 		return
 	}
 	b.open.Store(true)
 	b.openedAt = time.Now()
+	b.mu.Unlock()
+	if b.onOpen != nil {
+		b.onOpen()
+	}
 	b.logger.Warn("cachelayer: redis failing; circuit breaker open, reads go to the loaders",
 		"consecutive_failures", b.failures.Load(), "cooldown", b.cooldown, "err", err)
 }

@@ -32,13 +32,14 @@ type Cache struct {
 	shards *shards  // per-master breakers of a Cluster; nil otherwise
 	topo   *topology
 
-	group     flightGroup    // the joinable flight of each full key
-	bypass    loadRounds     // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
-	notes     fillNotifier   // wakes flights waiting for another process's lease
-	leasePX   any            // LeaseTTL in ms, boxed once for the read command
-	tokens    *leaseTokens   // this Cache's lease placeholders
-	deadlines *readDeadlines // OpTimeout bounds of Fetch reads without a timer each
-	seq       atomic.Int64   // orders Fetch beginnings against flights' reads, loads and fills
+	group     flightGroup              // the joinable flight of each full key
+	bypass    loadRounds               // load rounds of SkipRedis reads (never answered from Redis, never older than a caller)
+	notes     fillNotifier             // wakes flights waiting for another process's lease
+	near      atomic.Pointer[nearTier] // the near tier, once a prefix is under it
+	leasePX   any                      // LeaseTTL in ms, boxed once for the read command
+	tokens    *leaseTokens             // this Cache's lease placeholders
+	deadlines *readDeadlines           // OpTimeout bounds of Fetch reads without a timer each
+	seq       atomic.Int64             // orders Fetch beginnings against flights' reads, loads and fills
 
 	mu      sync.Mutex     // guards flights, closed transitions and wg.Add
 	flights map[string]int // full keys with a running flight (for DeletePrefix)
@@ -60,6 +61,8 @@ type Cache struct {
 	hookQueued func(fullKey string)
 	// leaseRenewed runs after a lease held by a slow load was extended.
 	hookLeaseRenewed func(fullKey string)
+	// nearNew runs when the near tier is created, before it starts (to set its hooks).
+	hookNearNew func(n *nearTier)
 }
 
 // counters are the exact counts behind [Stats].
@@ -136,6 +139,33 @@ type Stats struct {
 	// ShardsOpen is how many masters of a Cluster have an open breaker
 	// (see [Cache.Shards]); 0 otherwise.
 	ShardsOpen int
+
+	// The near tier (all zero while it is off; see [NearConfig]).
+	// NearHits counts Fetch calls answered from memory; NearMisses those
+	// of a near key the tier serves but did not hold; NearBypasses those of
+	// a near key while the tier was not serving (tracking not confirmed, a
+	// breaker open). A near miss or bypass then counts in Hits or Misses
+	// like any other read.
+	NearHits, NearMisses, NearBypasses int64
+	// NearStored counts values read from Redis that the tier kept;
+	// NearRejected those it refused because an invalidation or a flush came
+	// between the read and the store (the race that would serve an old
+	// value), or because the tier stopped serving meanwhile.
+	NearStored, NearRejected int64
+	// NearInvalidations counts keys Redis reported changed (tracking
+	// messages); NearFlushes counts times the tier dropped everything (a
+	// FLUSHDB, a tracking connection lost or regained, a breaker opening
+	// or closing, a topology change, DeletePrefix); NearTrackingDrops counts
+	// tracking connections lost after they were confirmed.
+	NearInvalidations, NearFlushes, NearTrackingDrops int64
+	// NearWriteWaits counts changes of near keys that waited MaxLag before
+	// returning (see NearConfig.NoWriteWait).
+	NearWriteWaits int64
+	// NearEntries is how many values the tier holds now; NearWeight their
+	// weight against NearConfig.MaxBytes (each at least MaxBytes/MaxEntries).
+	NearEntries, NearWeight int64
+	// NearServing reports whether the tier answers from memory now.
+	NearServing bool
 }
 
 // Health is the result of a PING of Redis.
@@ -186,6 +216,11 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 	if c.topo != nil {
 		c.topo.start() // learn the masters and their replicas before the first delete
 	}
+	if p := conf.Near.Prefix; p != "" {
+		if err := c.EnableNear(p); err != nil {
+			c.log.Warn("cachelayer: near tier not enabled", "prefix", p, "err", err)
+		}
+	}
 	return c
 }
 
@@ -199,8 +234,16 @@ func (c *Cache) newBreaker(logger *slog.Logger) *breaker {
 		cooldown:  c.cfg.BreakerCooldown,
 		probeTTL:  c.cfg.BreakerCooldown + c.cfg.InvalidateTimeout + c.cfg.OpTimeout,
 		logger:    logger,
+		onOpen: func() {
+			if n := c.near.Load(); n != nil {
+				n.reevaluate()
+			}
+		},
 		onRecover: func() {
 			c.st.recoveries.Add(1)
+			if n := c.near.Load(); n != nil {
+				n.reevaluate()
+			}
 			if c.topo != nil {
 				c.topo.bump("a circuit breaker closed after an outage")
 				c.topo.forceCheck()
@@ -319,7 +362,7 @@ func (c *Cache) Stats() Stats {
 	if c.shards != nil && !c.noCache() && c.anyBreakerOpen() {
 		c.topo.maybeCheck()
 	}
-	return Stats{
+	s := Stats{
 		Hits:                 c.st.hits.Load(),
 		Misses:               c.st.misses.Load(),
 		Loads:                c.st.loads.Load(),
@@ -338,6 +381,10 @@ func (c *Cache) Stats() Stats {
 		BreakerOpen:          c.anyBreakerOpen(),
 		ShardsOpen:           c.shardsOpen(),
 	}
+	if n := c.near.Load(); n != nil {
+		n.stats(&s)
+	}
+	return s
 }
 
 // shardsOpen is Stats.ShardsOpen.
@@ -417,6 +464,9 @@ func (c *Cache) Close() error {
 		c.closed.Store(true)
 		c.mu.Unlock()
 		c.notes.close()
+		if n := c.near.Load(); n != nil {
+			n.close()
+		}
 		c.wg.Wait()
 		if c.owned && c.rdb != nil {
 			c.closeErr = c.rdb.Close()

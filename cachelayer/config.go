@@ -126,6 +126,10 @@ type Config struct {
 	// against its OpTimeout. Default max(2, GOMAXPROCS); negative sends every
 	// read on its own at once (the go-redis pool then queues them).
 	ReadsInFlight int
+	// Near configures the near tier, an in-process copy of the values of
+	// some keys in front of Redis; off unless Near.Prefix names one (or
+	// [Cache.EnableNear] adds one). See [NearConfig].
+	Near NearConfig
 	// Logger receives warnings on state changes (breaker open and closed,
 	// a client without ContextTimeoutEnabled), never one per request;
 	// default slog.Default().
@@ -161,6 +165,7 @@ func withDefaults(cfg *Config) Config {
 		"LoadTimeout": c.LoadTimeout, "LeaseTTL": c.LeaseTTL, "LeaseWait": c.LeaseWait,
 		"NegativeTTL": c.NegativeTTL, "BreakerCooldown": c.BreakerCooldown,
 		"InvalidateWaitTimeout": c.InvalidateWaitTimeout, "TopologyInterval": c.TopologyInterval,
+		"Near.MaxStaleness": c.Near.MaxStaleness, "Near.Keepalive": c.Near.Keepalive, "Near.MaxLag": c.Near.MaxLag,
 	} {
 		if d < 0 {
 			panic(fmt.Sprintf("cachelayer: Config.%s is negative (%v)", name, d))
@@ -169,6 +174,14 @@ func withDefaults(cfg *Config) Config {
 	if c.ReadsInFlight == 0 {
 		c.ReadsInFlight = max(2, runtime.GOMAXPROCS(0))
 	}
+	if c.Near.MaxEntries < 0 || c.Near.MaxBytes < 0 {
+		panic("cachelayer: Config.Near.MaxEntries and Config.Near.MaxBytes must not be negative")
+	}
+	c.Near.MaxEntries = cmp.Or(c.Near.MaxEntries, defaultNearEntries)
+	c.Near.MaxBytes = cmp.Or(c.Near.MaxBytes, defaultNearBytes)
+	c.Near.MaxStaleness = cmp.Or(c.Near.MaxStaleness, defaultNearStaleness)
+	c.Near.Keepalive = cmp.Or(c.Near.Keepalive, defaultNearKeepalive)
+	c.Near.MaxLag = cmp.Or(c.Near.MaxLag, defaultNearMaxLag)
 	if c.BreakerFailures < 0 || c.MaxValueBytes < 0 {
 		panic("cachelayer: Config.BreakerFailures and Config.MaxValueBytes must not be negative")
 	}

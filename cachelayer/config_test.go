@@ -16,7 +16,8 @@ func TestConfigDefaults(t *testing.T) {
 		LoadTimeout: 5 * time.Second, LeaseTTL: 3 * time.Second, LeaseWait: time.Second,
 		NegativeTTL: 30 * time.Second, Jitter: 0.1, BreakerFailures: 5, BreakerCooldown: time.Second,
 		MaxValueBytes: 256 << 10, InvalidateWaitTimeout: 100 * time.Millisecond, TopologyInterval: time.Second,
-		ReadsInFlight: max(2, runtime.GOMAXPROCS(0))}
+		ReadsInFlight: max(2, runtime.GOMAXPROCS(0)),
+		Near:          NearConfig{MaxEntries: 10_000, MaxBytes: 64 << 20, MaxStaleness: 30 * time.Second, MaxLag: 5 * time.Millisecond, Keepalive: time.Second}}
 	c.Codec, c.Logger = nil, nil
 	if c != want {
 		t.Fatalf("defaults %+v, want %+v", c, want)
@@ -26,7 +27,8 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	for _, bad := range []Config{{OpTimeout: -1}, {InvalidateTimeout: -1}, {LoadTimeout: -1}, {LeaseTTL: -1},
 		{LeaseWait: -1}, {NegativeTTL: -1}, {BreakerCooldown: -1}, {BreakerFailures: -1}, {MaxValueBytes: -1}, {Jitter: 1},
-		{InvalidateWaitTimeout: -1}, {TopologyInterval: -1}} {
+		{InvalidateWaitTimeout: -1}, {TopologyInterval: -1}, {Near: NearConfig{MaxEntries: -1}},
+		{Near: NearConfig{MaxBytes: -1}}, {Near: NearConfig{MaxStaleness: -1}}, {Near: NearConfig{Keepalive: -1}}, {Near: NearConfig{MaxLag: -1}}} {
 		func() {
 			defer func() {
 				if recover() == nil {

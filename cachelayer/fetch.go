@@ -49,6 +49,9 @@ type FetchOptions struct {
 	// this process still share one load, and a call never takes the answer
 	// of a load that began before it did.
 	SkipRedis bool
+	// NoNear reads this call through Redis even if its key is under the
+	// near tier (and stores no near copy); SkipRedis implies it.
+	NoNear bool
 }
 
 // FetchWith is [Fetch] with per-call options, such as the not-found TTL of
@@ -67,11 +70,18 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	if err := checkTTL(ttl); err != nil {
 		return zero, err
 	}
+	var near *nearTier
+	if n := c.near.Load(); n != nil && !opts.SkipRedis && !opts.NoNear && n.covers(key) {
+		if v, err, ok := nearGet[T](n, key); ok {
+			return v, err
+		}
+		near = n
+	}
 	full := c.prefix + key
 	begin := c.seq.Add(1) // every answer must come from something started after this
 	skip := opts.SkipRedis
 	for attempt := 0; ; attempt++ {
-		v, next, err := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip)
+		v, next, err := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip, near)
 		switch next {
 		case answered:
 			return v, err
@@ -116,7 +126,7 @@ const (
 // and fills under that lease. A miss is therefore this read, the load and
 // the fill; a hit is the read alone.
 func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negTTL time.Duration,
-	load func(context.Context) (T, error), begin int64, count bool, skip bool) (_ T, next int, _ error) {
+	load func(context.Context) (T, error), begin int64, count bool, skip bool, near *nearTier) (_ T, next int, _ error) {
 	var zero T
 	if skip {
 		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, flightStart{mode: flightBypass})
@@ -125,8 +135,19 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 	if !c.noCache() {
 		if br := c.breakerFor(full); br.allow() {
 			token := c.tokens.next()
+			var snap nearSnap
+			if near != nil {
+				snap = near.snapshot(key) // before the read is sent (see nearTier)
+			}
 			sent := time.Now()
-			s, err := c.readOrLease(ctx, full, token, br)
+			var s string
+			var err error
+			pttl := time.Duration(-3) // not read
+			if snap.ok {
+				s, pttl, err = c.readOrLeaseTTL(ctx, full, token, br)
+			} else {
+				s, err = c.readOrLease(ctx, full, token, br)
+			}
 			if err != nil && err != redis.Nil && mayHaveTakenEffect(err) && !errors.Is(err, errNotSent) {
 				// The reply was lost (timeout, cancellation, a dropped
 				// connection): the SET may have put our lease in an empty
@@ -143,6 +164,14 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 				if kind == entryValue || kind == entryNotFound {
 					if count {
 						c.st.hits.Add(1)
+					}
+					if snap.ok {
+						_, payload := classify(s)
+						ttlFor := ttl
+						if kind == entryNotFound {
+							ttlFor = negTTL
+						}
+						nearStore(near, key, snap, kind, v, payload, pttl, ttlFor)
 					}
 					if kind == entryNotFound {
 						return zero, answered, &notFoundError{key: key}
@@ -193,6 +222,35 @@ func (c *Cache) readOrLease(ctx context.Context, full, token string, br *breaker
 		return s, err
 	}
 	return s, c.outcomeOn(ctx, br, err)
+}
+
+// readOrLeaseTTL is readOrLease for a key under the near tier: the read and
+// a PTTL of the key in one pipeline (one round trip; such reads are rare, as
+// the near tier answers the others), so that a near copy never outlives its
+// entry. It bypasses the read queue. pttl is -3 when not known.
+func (c *Cache) readOrLeaseTTL(ctx context.Context, full, token string, br *breaker) (_ string, pttl time.Duration, _ error) {
+	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
+	set := redis.NewStringCmd(opCtx, "set", full, token, "nx", "get", "px", c.leasePX)
+	ttl := redis.NewIntCmd(opCtx, "pttl", full)
+	pipe := c.rdb.Pipeline()
+	_ = pipe.Process(opCtx, set)
+	_ = pipe.Process(opCtx, ttl)
+	_, _ = pipe.Exec(opCtx)
+	cancel()
+	s, err := set.Result()
+	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
+		redis.HasErrorPrefix(err, "NOREPLICAS")) {
+		s, err = c.readOrLease(ctx, full, token, br) // the GET fallback, counted there
+		return s, -3, err
+	}
+	pttl = -3
+	if ms, terr := ttl.Result(); terr == nil {
+		pttl = time.Duration(ms)
+		if ms > 0 {
+			pttl = time.Duration(ms) * time.Millisecond
+		}
+	}
+	return s, pttl, c.outcomeOn(ctx, br, err)
 }
 
 // errMissNoLease is what readOrLease returns for an empty key it could not

@@ -121,6 +121,7 @@ func (c *Cache) deleteEach(ctx context.Context, keys []string, repls []*replacem
 		some = some || err != nil
 		unreached = unreached || err != nil && !errors.Is(err, ErrNotReplicated)
 	}
+	c.nearSettle(ctx, keys, errs)
 	if unreached {
 		c.st.invalidationFailures.Add(1)
 	}

@@ -84,6 +84,7 @@ func (c *Cache) Set(ctx context.Context, key string, v any, ttl time.Duration) e
 	if err = c.outcomeFor(ctx, full, err); err != nil {
 		return fmt.Errorf("cachelayer: set %s: %w", key, err)
 	}
+	c.nearSettle(ctx, []string{full}, nil)
 	return nil
 }
 
@@ -142,10 +143,15 @@ func (c *Cache) deleteFull(ctx context.Context, full []string) error {
 	return joinDeleteErrors(c.deleteEach(ctx, full, nil))
 }
 
-// forget makes the in-process flights of full keys unjoinable.
+// forget makes the in-process flights of full keys unjoinable and drops
+// their near copies. Deletes call it before and after their command.
 func (c *Cache) forget(full []string) {
+	n := c.near.Load()
 	for _, k := range full {
 		c.group.Forget(k)
+		if n != nil {
+			n.drop(k)
+		}
 	}
 }
 
@@ -263,6 +269,9 @@ func (c *Cache) DeleteFullPrefix(ctx context.Context, full string) (int64, error
 	}
 	err := each(ctx, scan)
 	c.forgetPrefix(full)
+	if n := c.near.Load(); n != nil && deleted.Load() > 0 {
+		c.nearSettle(ctx, []string{c.prefix + (*n.prefixes.Load())[0]}, nil) // as for any near key
+	}
 	if !perMaster {
 		err = c.outcome(ctx, err)
 	}
@@ -286,6 +295,9 @@ func (c *Cache) forgetPrefix(full string) {
 	}
 	c.mu.Unlock()
 	c.forget(keys)
+	if n := c.near.Load(); n != nil {
+		n.prefixFlush(full)
+	}
 }
 
 // MatchPrefix returns the SCAN MATCH pattern of the keys that start with

@@ -57,6 +57,17 @@ func newTopology(c *Cache, interval time.Duration) *topology {
 // bump advances the epoch.
 func (t *topology) bump(why string) {
 	n := t.epoch.Add(1)
+	if near := t.c.near.Load(); near != nil {
+		// A failover or moved slots: a near copy may be older than what
+		// the new master holds, and a standalone tracker may be on the old
+		// master (now a replica).
+		if _, cluster := t.c.rdb.(*redis.ClusterClient); cluster {
+			near.flush()
+			near.poke()
+		} else {
+			near.restart(why)
+		}
+	}
 	t.c.log.Info("cachelayer: redis topology changed; recent invalidations should be repeated", "why", why, "epoch", n)
 }
 
