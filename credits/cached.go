@@ -20,6 +20,15 @@ type CachedConfig struct {
 	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 2 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
+	// NearCache puts balances in the cache's near tier (see
+	// cachelayer.NearConfig). Off by default: then no process serves a
+	// balance older than the last invalidation Redis completed. With it, a
+	// balance read again in this process costs no round trip, and another
+	// process's change reaches this one through Redis's tracking — about a
+	// millisecond on one host, never more than NearConfig.MaxLag (5 ms)
+	// while the tier serves. Money is still decided in Postgres only: a
+	// Deduct never trusts a cached balance.
+	NearCache bool
 	// WriteThrough makes the invalidation after a committed change store
 	// the new balance where Redis holds an older version of it
 	// (cachelayer.ReplaceFull: one script instead of UNLINK), so the next
@@ -63,6 +72,11 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 		panic("credits: negative CachedConfig.TTL")
 	}
 	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
+	if cfg.NearCache {
+		if err := c.EnableNear(keyPrefix); err != nil {
+			cmp.Or(cfg.Logger, slog.Default()).Warn("credits: balances stay out of the near tier", "err", err)
+		}
+	}
 	ob := outbox.New(store.pool, c, outbox.Config{
 		Domain: OutboxDomain, Tables: []string{"credit_balances"}, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
 	})

@@ -103,12 +103,15 @@ var (
 	ErrCommitUnknown = errors.New("credits: commit outcome unknown")
 )
 
+// keyPrefix starts every balance's cache key.
+const keyPrefix = "credits:"
+
 // Key returns the cache key of a balance, "credits:{userId}:{type}" (the
 // cache adds its namespace, "ghl:" by default).
 func Key(userID int64, t Type) string {
 	// One allocation (the string), not two: every read builds its key.
 	var buf [64]byte
-	b := append(buf[:0], "credits:"...)
+	b := append(buf[:0], keyPrefix...)
 	b = strconv.AppendInt(b, userID, 10)
 	b = append(b, ':')
 	return string(append(b, t...))

@@ -36,6 +36,13 @@ type CachedConfig struct {
 	SweepIdle     time.Duration // between outbox sweeps while it knows of none, 2 s: how late an idle instance finds rows another instance left
 	SweepBatch    int           // outbox rows claimed per sweep transaction, 500
 	Logger        *slog.Logger  // slog.Default()
+	// NoNearCache keeps definitions out of the cache's near tier (see
+	// cachelayer.NearConfig). By default they are in it: a definition read
+	// again in this process costs no round trip, and another process's
+	// change reaches it through Redis's tracking — about a millisecond on
+	// one host, never more than NearConfig.MaxLag (5 ms) while it serves.
+	// This process's own changes drop its copy before they return.
+	NoNearCache bool
 }
 
 var _ Repo = (*Cached)(nil)
@@ -52,6 +59,11 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 		NegativeTTL: cmp.Or(cfg.NegativeTTL, 30*time.Second),
 	}
 	maxAge := max(opts.TTL, opts.NegativeTTL) + time.Minute // how long a cached entry or marker can outlive a lost delete
+	if !cfg.NoNearCache {
+		if err := c.EnableNear(keyPrefix); err != nil {
+			cmp.Or(cfg.Logger, slog.Default()).Warn("workflows: definitions stay out of the near tier", "err", err)
+		}
+	}
 	return &Cached{store: store, cache: c, opts: opts, outbox: outbox.New(store.pool, c, outbox.Config{
 		Domain: OutboxDomain, Tables: []string{"workflow_definitions"}, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
 	})}

@@ -22,6 +22,15 @@ type Definition struct {
 	UpdatedAt time.Time // UTC
 }
 
+// Clone returns a copy of d that shares no memory with it (Spec is copied),
+// so that the near tier can hand each reader a definition of its own.
+func (d Definition) Clone() Definition {
+	if d.Spec != nil {
+		d.Spec = append(json.RawMessage(make([]byte, 0, len(d.Spec))), d.Spec...)
+	}
+	return d
+}
+
 // Repo reads and changes workflow definitions.
 type Repo interface {
 	// Definition returns the definition with id. It returns ErrNotFound
@@ -65,6 +74,9 @@ var (
 	// applied, the definition exists under an id the caller never learnt.
 	ErrCommitUnknown = errors.New("workflows: commit outcome unknown")
 )
+
+// keyPrefix starts every definition's cache key (the near tier's prefix).
+const keyPrefix = "workflow:"
 
 // Key returns the cache key of a definition, "workflow:{id}:definition"
 // (the cache adds its namespace, "ghl:" by default).
