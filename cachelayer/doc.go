@@ -100,6 +100,24 @@
 // [Cache.DeleteFullEach] reports per key. [Cache.TopologyEpoch] changes when
 // a failover, restart or outage may have lost acknowledged deletes.
 //
+// # Near tier
+//
+// [NearConfig] (off by default; [Cache.EnableNear] or Config.Near.Prefix
+// turns it on for a key prefix) keeps decoded values in process memory in
+// front of Redis, so a repeated Fetch of such a key costs no round trip. Each
+// process keeps one tracking connection per master (CLIENT TRACKING BCAST,
+// RESP2, redirected to itself) on which Redis reports every change of those
+// keys, by anyone. A copy is stored only if no invalidation of its key came
+// between its read and its store; the tier serves only while every master
+// has answered a PING sent less than NearConfig.MaxLag ago (Redis answers
+// it after every invalidation it sent before), and flushes on FLUSHDB,
+// reconnects, breaker changes and topology changes. A Delete, Set or
+// Replace of a near key returns MaxLag after Redis has it, so the freshness
+// promises above hold with the tier on (NearConfig.NoWriteWait trades that
+// for a window of at most MaxLag). Each caller gets a value of its own: a
+// type with a Clone() T method is cloned, a type without pointers, slices,
+// maps or interfaces is shared, any other is decoded per hit.
+//
 // # Keys
 //
 // Keys are passed without the namespace (Config.Prefix, "ghl:" by default),

@@ -72,7 +72,7 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	}
 	var near *nearTier
 	if n := c.near.Load(); n != nil && !opts.SkipRedis && !opts.NoNear && n.covers(key) {
-		if v, err, ok := nearGet[T](n, key); ok {
+		if v, ok, err := nearGet[T](n, key, true); ok {
 			return v, err
 		}
 		near = n
@@ -225,33 +225,70 @@ func (c *Cache) readOrLease(ctx context.Context, full, token string, br *breaker
 }
 
 // readOrLeaseTTL is readOrLease for a key under the near tier: the read and
-// a PTTL of the key in one pipeline (one round trip; such reads are rare, as
-// the near tier answers the others), so that a near copy never outlives its
-// entry. It bypasses the read queue. pttl is -3 when not known.
+// the key's PTTL in one command (a script: such reads are rare, as the near
+// tier answers the others), so that a near copy never outlives its entry.
+// It is sent like any read (queued and pipelined while Redis is busy, so a
+// stampede of near reads costs what one of plain reads does). An error
+// reply (OOM, READONLY…) falls back to readOrLease, with pttl -3 (not
+// known: nothing is stored).
 func (c *Cache) readOrLeaseTTL(ctx context.Context, full, token string, br *breaker) (_ string, pttl time.Duration, _ error) {
 	opCtx, cancel := c.deadlines.readCtx(ctx, c.cfg.OpTimeout)
-	set := redis.NewStringCmd(opCtx, "set", full, token, "nx", "get", "px", c.leasePX)
-	ttl := redis.NewIntCmd(opCtx, "pttl", full)
-	pipe := c.rdb.Pipeline()
-	_ = pipe.Process(opCtx, set)
-	_ = pipe.Process(opCtx, ttl)
-	_, _ = pipe.Exec(opCtx)
+	cmd := redis.NewSliceCmd(opCtx, "evalsha", nearReadScript.Hash(), 1, full, token, c.leasePX)
+	err := c.sendCmd(opCtx, br, full, cmd)
+	if leftQueue(err) { // cmd may still be written by the pipeline it went out in: not ours to read
+		cancel()
+		if err == errQueueLeft {
+			br.neutral()
+			return "", -3, err
+		}
+		return "", -3, c.outcomeOn(ctx, br, err)
+	}
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		cmd = redis.NewSliceCmd(opCtx, "eval", nearReadSource, 1, full, token, c.leasePX)
+		_ = c.rdb.Process(opCtx, cmd)
+	}
+	r, err := cmd.Result()
 	cancel()
-	s, err := set.Result()
-	if err != nil && (redis.HasErrorPrefix(err, "OOM") || redis.HasErrorPrefix(err, "READONLY") ||
-		redis.HasErrorPrefix(err, "NOREPLICAS")) {
-		s, err = c.readOrLease(ctx, full, token, br) // the GET fallback, counted there
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		s, err := c.readOrLease(ctx, full, token, br)
 		return s, -3, err
 	}
+	if err = c.outcomeOn(ctx, br, err); err != nil {
+		return "", -3, err
+	}
+	if len(r) != 2 {
+		return "", -3, fmt.Errorf("%w: near read: reply of %d elements", ErrUnavailable, len(r))
+	}
 	pttl = -3
-	if ms, terr := ttl.Result(); terr == nil {
+	if ms, ok := r[1].(int64); ok {
 		pttl = time.Duration(ms)
 		if ms > 0 {
-			pttl = time.Duration(ms) * time.Millisecond
+			pttl *= time.Millisecond
 		}
 	}
-	return s, pttl, c.outcomeOn(ctx, br, err)
+	s, ok := r[0].(string)
+	if !ok { // nil: the key was empty and now holds our lease
+		return "", pttl, redis.Nil
+	}
+	return s, pttl, nil
 }
+
+// leftQueue reports whether sendCmd returned without its command's reply:
+// the caller's deadline or cancellation came first (the command may be
+// unsent, or in flight in a pipeline that will still write its reply).
+func leftQueue(err error) bool {
+	return err != nil && (errors.Is(err, errNotSent) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
+}
+
+// nearReadSource is the read of a near key: SET key <lease> NX GET PX
+// LeaseTTL, and the key's PTTL after it (the entry's, or the new lease's).
+const nearReadSource = `
+local v = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+return {v, redis.call('PTTL', KEYS[1])}
+`
+
+var nearReadScript = redis.NewScript(nearReadSource)
 
 // errMissNoLease is what readOrLease returns for an empty key it could not
 // lease (Redis refuses writes): a miss whose flight sorts it out.
@@ -775,6 +812,15 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 	// the master's slots are busy); EVAL loads the script after a NOSCRIPT.
 	cmd := redis.NewIntCmd(opCtx, "evalsha", fillScript.Hash(), 1, full, token, entry, px, c.notes.channel)
 	err := c.sendCmd(opCtx, br, full, cmd)
+	if leftQueue(err) { // cmd may still be written by the pipeline it went out in: not ours to read
+		cancel()
+		if err == errQueueLeft {
+			br.neutral()
+		} else {
+			_ = c.outcomeOn(ctx, br, err)
+		}
+		return true, false
+	}
 	if redis.HasErrorPrefix(err, "NOSCRIPT") {
 		cmd = redis.NewIntCmd(opCtx, "eval", fillSource, 1, full, token, entry, px, c.notes.channel)
 		_ = c.rdb.Process(opCtx, cmd)

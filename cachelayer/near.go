@@ -309,40 +309,60 @@ func (n *nearTier) current() bool {
 // nearGet returns the near copy of key, when the tier serves and holds one
 // of type T: the value (the caller's own, see the modes) or the cached
 // not-found error.
-func nearGet[T any](n *nearTier, key string) (T, error, bool) {
+func nearGet[T any](n *nearTier, key string, countMiss bool) (T, bool, error) {
 	var zero T
 	if !n.serving.Load() || !n.current() {
-		n.bypasses.Add(1)
-		return zero, nil, false
+		if countMiss {
+			n.bypasses.Add(1)
+		}
+		return zero, false, nil
 	}
 	e, ok := n.store.GetIfPresent(key)
 	if !ok {
-		n.misses.Add(1)
-		return zero, nil, false
+		if countMiss {
+			n.misses.Add(1)
+		}
+		return zero, false, nil
 	}
 	switch e.mode {
 	case nearNotFound:
 		n.hits.Add(1)
-		return zero, &notFoundError{key: key}, true
+		return zero, true, &notFoundError{key: key}
 	case nearShare:
 		if v, ok := e.v.(T); ok {
 			n.hits.Add(1)
-			return v, nil, true
+			return v, true, nil
 		}
 	case nearClone:
 		if cl, ok := e.v.(interface{ Clone() T }); ok {
 			n.hits.Add(1)
-			return cl.Clone(), nil, true
+			return cl.Clone(), true, nil
 		}
 	case nearDecode:
 		var v T
 		if _, ok := e.v.(T); ok && n.c.codec.Unmarshal([]byte(e.enc), &v) == nil {
 			n.hits.Add(1)
-			return v, nil, true
+			return v, true, nil
 		}
 	}
-	n.misses.Add(1) // another T under the same key: not ours to share
-	return zero, nil, false
+	if countMiss {
+		n.misses.Add(1) // another T under the same key: not ours to share
+	}
+	return zero, false, nil
+}
+
+// FetchNear answers a [FetchWith] of key from the near tier alone: ok is
+// true when the tier holds key's value (v) or not-found marker (err Is
+// ErrNotFound) and may serve it now, as FetchWith with the same options
+// would. Otherwise it returns ok false and costs nothing but the lookup
+// (nothing is counted: the caller's FetchWith counts the miss). It lets a
+// caller skip building its loader for a hit.
+func FetchNear[T any](c *Cache, key string, opts FetchOptions) (v T, ok bool, err error) {
+	n := c.near.Load()
+	if n == nil || opts.SkipRedis || opts.NoNear || !n.covers(key) {
+		return v, false, nil
+	}
+	return nearGet[T](n, key, false)
 }
 
 // nearStore keeps v (what the caller's read found in Redis, kind a value or

@@ -78,6 +78,24 @@ func waitInvalidated(t testing.TB, ch chan []string, full string) {
 	}
 }
 
+// caughtUp waits until c's near tier has applied every invalidation Redis
+// sent before now (a PING sent after now has been answered), then empties
+// ch: what it holds from then on is news.
+func caughtUp(t testing.TB, c *Cache, ch chan []string) {
+	t.Helper()
+	n := c.near.Load()
+	mark := n.now()
+	deadline := time.Now().Add(10 * time.Second)
+	for n.behind.Load() <= mark {
+		n.wanted.Store(true)
+		if time.Now().After(deadline) {
+			t.Fatal("near tier did not catch up within 10 s")
+		}
+		time.Sleep(time.Millisecond) // polling the tracker's mark, with a deadline
+	}
+	drain(ch)
+}
+
 // drain empties ch (messages of earlier changes, such as fills).
 func drain(ch chan []string) {
 	for {
@@ -138,7 +156,7 @@ func TestNearHitIsNoRoundTrip(t *testing.T) {
 			t.Fatalf("fetch %d: %+v %v", i, v, err)
 		}
 		names, trips := h.take()
-		want := []int{2, 1}[i] // miss: read+PTTL, fill; Redis hit: read+PTTL
+		want := []int{2, 1}[i] // miss: the near read (with PTTL), fill; Redis hit: the near read
 		if trips != want {
 			t.Fatalf("fetch %d: %d round trips %v, want %d", i, trips, names, want)
 		}
@@ -263,7 +281,7 @@ func TestNearInvalidationReachesEveryProcess(t *testing.T) {
 	}
 
 	version.Store(1)
-	drain(hb.invalidated)
+	caughtUp(t, b, hb.invalidated)
 	if err := a.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +297,7 @@ func TestNearInvalidationReachesEveryProcess(t *testing.T) {
 	// Outside the library: UNLINK from another client.
 	version.Store(2)
 	raw := testsvc.Redis(t)
-	drain(hb.invalidated)
+	caughtUp(t, b, hb.invalidated)
 	if err := raw.Unlink(ctx, prefix+key).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +310,7 @@ func TestNearInvalidationReachesEveryProcess(t *testing.T) {
 	if _, err := nearHit(t, ctx, b, k2, 200*time.Millisecond, load); err != nil {
 		t.Fatal(err)
 	}
-	drain(hb.invalidated)
+	caughtUp(t, b, hb.invalidated)
 	waitInvalidated(t, hb.invalidated, prefix+k2) // Redis's active expiry
 	before := b.Stats()
 	if _, err := Fetch(ctx, b, k2, 200*time.Millisecond, load); err != nil {
@@ -304,7 +322,7 @@ func TestNearInvalidationReachesEveryProcess(t *testing.T) {
 }
 
 // heldReads is a go-redis hook that, while armed, holds the reply of the
-// near tier's read (the pipeline with PTTL) until released: the command has
+// near tier's read (the script that also reads PTTL) until released: the command has
 // run on Redis, its reply is not yet seen by the Cache.
 type heldReads struct {
 	armed   atomic.Bool
@@ -312,16 +330,33 @@ type heldReads struct {
 	release chan struct{}
 }
 
-func (h *heldReads) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *heldReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *heldReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *heldReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.hold([]redis.Cmder{cmd})
+		return err
+	}
+}
+
 func (h *heldReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
-		if slices.ContainsFunc(cmds, func(c redis.Cmder) bool { return c.Name() == "pttl" }) && h.armed.CompareAndSwap(true, false) {
-			h.replied <- struct{}{}
-			<-h.release
-		}
+		h.hold(cmds)
 		return err
+	}
+}
+
+// hold holds the reply of a near read among cmds, once armed.
+func (h *heldReads) hold(cmds []redis.Cmder) {
+	isNearRead := func(c redis.Cmder) bool {
+		a := c.Args()
+		return len(a) > 1 && (a[0] == "evalsha" && a[1] == nearReadScript.Hash() || a[0] == "eval" && a[1] == nearReadSource)
+	}
+	if slices.ContainsFunc(cmds, isNearRead) && h.armed.CompareAndSwap(true, false) {
+		h.replied <- struct{}{}
+		<-h.release
 	}
 }
 
@@ -346,6 +381,7 @@ func TestNearRefusesAReadRacedByAnInvalidation(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	caughtUp(t, b, hb.invalidated) // a's lease and fill are old news
 	held.armed.Store(true)
 	got := make(chan row, 1)
 	go func() {
@@ -473,7 +509,7 @@ func TestNearFlushDB(t *testing.T) {
 		t.Fatal(err)
 	}
 	version.Store(1)
-	drain(hb.invalidated)
+	caughtUp(t, b, hb.invalidated)
 	if err := srv.Client().FlushDB(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -570,7 +606,7 @@ func TestNearCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	drain(hb.invalidated)
+	caughtUp(t, b, hb.invalidated)
 	for i := range keys {
 		versions[i].Store(1)
 		if err := a.Delete(ctx, key(i)); err != nil {

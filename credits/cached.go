@@ -95,6 +95,9 @@ func (c *Cached) Balance(ctx context.Context, userID int64, t Type) (Balance, er
 	// While this process's invalidation of the key is pending, Redis may
 	// hold the old balance: read Postgres, still one shared load per key.
 	opts.SkipRedis = c.outbox.SkipRedis(key)
+	if b, ok, err := cachelayer.FetchNear[Balance](c.cache, key, opts); ok { // a near hit builds no loader
+		return b, err
+	}
 	return cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Balance, error) {
 		return c.store.Balance(ctx, userID, t)
 	})

@@ -82,13 +82,16 @@ func (c *Cached) Definition(ctx context.Context, id int64) (Definition, error) {
 	// While this process's invalidation of the key is pending, Redis may
 	// hold the old definition: read Postgres, still one shared load per key.
 	opts.SkipRedis = c.outbox.SkipRedis(key)
-	d, err := cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Definition, error) {
-		d, err := c.store.Definition(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			return d, fmt.Errorf("%w (%w)", err, cachelayer.ErrNotFound)
-		}
-		return d, err
-	})
+	d, ok, err := cachelayer.FetchNear[Definition](c.cache, key, opts) // a near hit builds no loader
+	if !ok {
+		d, err = cachelayer.FetchWith(ctx, c.cache, key, opts, func(ctx context.Context) (Definition, error) {
+			d, err := c.store.Definition(ctx, id)
+			if errors.Is(err, ErrNotFound) {
+				return d, fmt.Errorf("%w (%w)", err, cachelayer.ErrNotFound)
+			}
+			return d, err
+		})
+	}
 	if errors.Is(err, cachelayer.ErrNotFound) {
 		// The same error whether the load or a cached marker said so.
 		return Definition{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
