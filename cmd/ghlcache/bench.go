@@ -213,8 +213,8 @@ func printBench(w io.Writer, r *bench.Results) error {
 		}
 		for _, m := range t.rows {
 			if c := m.Cache; c != nil {
-				fmt.Fprintf(w, "%s's reads (last round): %d hits, %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks; %d invalidations, %d failed\n",
-					m.System, c.Hits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Invalidations, c.InvalidationFailures)
+				fmt.Fprintf(w, "%s's reads (last round): %d hits (%d near), %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks; %d invalidations, %d failed\n",
+					m.System, c.Hits, c.NearHits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Invalidations, c.InvalidationFailures)
 			}
 		}
 	}
@@ -304,6 +304,19 @@ func benchTargets(r *bench.Results) []target {
 			add(x >= 1 && h.AllocsPerOp <= f.AllocsPerOp+3, "warm hits ≥ 1.0× the raw GET+decode floor at %d goroutines, allocs ≤ floor + 3: %.2f×, %.1f allocs (floor %.1f)",
 				g, x, h.AllocsPerOp, f.AllocsPerOp)
 		}
+	}
+	for _, g := range gs {
+		n, tl, f := hit(string(bench.KindGhlcacheNear), g), hit(string(bench.KindGoRedisTiny), g), hit(bench.FloorName, g)
+		if n != nil && tl != nil {
+			add(n.OpsPerSec >= tl.OpsPerSec, "(near tier) warm hits ≥ go-redis/cache+tinylfu at %d goroutines: %.2f×", g, ratio(n.OpsPerSec, tl.OpsPerSec))
+		}
+		if n != nil && f != nil {
+			add(n.OpsPerSec >= 20*f.OpsPerSec && n.AllocsPerOp <= 1, "(near tier) warm hits ≥ 20× the raw GET+decode floor at %d goroutines, ≤ 1 alloc: %.1f×, %.1f allocs",
+				g, ratio(n.OpsPerSec, f.OpsPerSec), n.AllocsPerOp)
+		}
+	}
+	if n := cold(r.Mixed, bench.KindGhlcacheNear); n != nil {
+		add(n.StaleReads == 0, "(near tier) 95/5: 0 stale reads: %d", n.StaleReads)
 	}
 	gh, grc, pg := cold(r.Mixed, bench.KindGhlcache), cold(r.Mixed, bench.KindGoRedisCache), cold(r.Mixed, bench.KindPostgres)
 	if gh != nil && grc != nil {

@@ -38,6 +38,7 @@ var systemColors = map[string]string{
 	string(bench.KindGoRedisTiny):  "#d55e00",
 	string(bench.KindGhlcache):     "#009e73",
 	string(bench.KindGhlcacheWT):   "#56b4e9",
+	string(bench.KindGhlcacheNear): "#0072b2",
 }
 
 // hitCharts turns the hit-heavy rows into a throughput and a latency chart,

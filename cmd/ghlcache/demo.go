@@ -59,6 +59,7 @@ says so, and removes the containers at the end.`,
 		fs.IntVar(&o.concurrency, "concurrency", 16, "goroutines of the workload")
 		fs.IntVar(&o.burst, "burst", 1000, "goroutines of the cold-key burst")
 		fs.BoolVar(&o.json, "json", false, "print the report as JSON")
+		fs.BoolVar(&o.noNear, "no-near", false, "cached phase: keep workflow definitions out of the near tier (workflows.CachedConfig.NoNearCache), to compare")
 		fs.BoolVar(&o.writeThrough, "write-through", false, "cached phase: a change stores the new balance over an older cached one (credits.CachedConfig.WriteThrough) instead of deleting it")
 		return func(ctx context.Context, e *env, _ []string) error {
 			return runDemo(ctx, e, o)
@@ -73,6 +74,7 @@ type demoOptions struct {
 	concurrency, burst int
 	json               bool
 	writeThrough       bool
+	noNear             bool
 }
 
 // demoCreditTypes are the credit types every demo user has.
@@ -188,7 +190,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	d.creditStore, d.wfStore = credits.NewStore(pool), workflows.NewStore(pool)
 	d.credits = credits.NewCached(d.creditStore, cache, &credits.CachedConfig{Logger: logger, WriteThrough: o.writeThrough})
 	defer d.credits.Close()
-	d.workflows = workflows.NewCached(d.wfStore, cache, &workflows.CachedConfig{Logger: logger})
+	d.workflows = workflows.NewCached(d.wfStore, cache, &workflows.CachedConfig{Logger: logger, NoNearCache: o.noNear})
 	defer d.workflows.Close()
 	hook(demoStageSeeded)
 

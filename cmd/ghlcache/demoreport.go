@@ -103,7 +103,7 @@ type demoPhase struct {
 	ReadQueries  int64 `json:"read_queries"`
 	Avoided      int64 `json:"queries_avoided"`
 	TotalQueries int64 `json:"total_queries"` // every statement, writes and outbox included
-	// HitRatio is the reads answered by Redis / reads: a read that fell back
+	// HitRatio is the reads answered by the cache (Redis or the near tier) / reads: a read that fell back
 	// to Postgres (Redis failing, breaker open) is no hit. 0 without cache.
 	HitRatio float64 `json:"hit_ratio"`
 	// FallbackRatio is the reads served by Postgres because Redis failed or

@@ -30,7 +30,8 @@ type ColdRow struct {
 
 // CacheCounters are cachelayer.Stats counters, with JSON names.
 type CacheCounters struct {
-	Hits                 int64 `json:"hits"`
+	Hits                 int64 `json:"hits"`      // Redis hits and near-tier hits
+	NearHits             int64 `json:"near_hits"` // of which answered from the near tier
 	Misses               int64 `json:"misses"`
 	Loads                int64 `json:"loads"`
 	LoadsShared          int64 `json:"loads_shared"`
@@ -48,7 +49,8 @@ type CacheCounters struct {
 // StatsDelta returns the counters of a since b.
 func StatsDelta(a, b cachelayer.Stats) CacheCounters {
 	return CacheCounters{
-		Hits:                 a.Hits - b.Hits,
+		Hits:                 a.Hits + a.NearHits - b.Hits - b.NearHits,
+		NearHits:             a.NearHits - b.NearHits,
 		Misses:               a.Misses - b.Misses,
 		Loads:                a.Loads - b.Loads,
 		LoadsShared:          a.LoadsShared - b.LoadsShared,

@@ -49,15 +49,18 @@ const (
 	KindGoRedisTiny  Kind = "go-redis/cache+tinylfu" // the same with its local TinyLFU
 	KindGhlcache     Kind = "ghlcache"               // credits.Cached on cachelayer
 	KindGhlcacheWT   Kind = "ghlcache+write-through" // the same with CachedConfig.WriteThrough (opt-in)
+	KindGhlcacheNear Kind = "ghlcache+near"          // the same with CachedConfig.NearCache: the near tier (opt-in for balances)
 	balanceTTL            = 10 * time.Minute         // every cache, for balances: longer than a run, so warm keys stay warm
 	tinyLFUSize           = 100_000                  // entries of go-redis/cache's local cache
 )
 
 // Kinds lists the systems in the order the bench runs and reports them.
-var Kinds = []Kind{KindPostgres, KindNaive, KindGoRedisCache, KindGoRedisTiny, KindGhlcache, KindGhlcacheWT}
+var Kinds = []Kind{KindPostgres, KindNaive, KindGoRedisCache, KindGoRedisTiny, KindGhlcache, KindGhlcacheWT, KindGhlcacheNear}
 
 // IsGhlcache reports whether the system is ghlcache, in any configuration.
-func (k Kind) IsGhlcache() bool { return k == KindGhlcache || k == KindGhlcacheWT }
+func (k Kind) IsGhlcache() bool {
+	return k == KindGhlcache || k == KindGhlcacheWT || k == KindGhlcacheNear
+}
 
 // Cached reports whether the system has a cache.
 func (k Kind) Cached() bool { return k != KindPostgres }
@@ -90,7 +93,7 @@ func NewSystem(kind Kind, env SystemEnv) (System, error) {
 			opts.LocalCache = gocache.NewTinyLFU(tinyLFUSize, balanceTTL)
 		}
 		return &goRedisCacheSystem{store: store, rdb: rdb, c: gocache.New(opts), prefix: env.Prefix}, nil
-	case KindGhlcache, KindGhlcacheWT:
+	case KindGhlcache, KindGhlcacheWT, KindGhlcacheNear:
 		logger := env.Logger
 		if logger == nil {
 			logger = slog.New(slog.DiscardHandler)
@@ -98,7 +101,8 @@ func NewSystem(kind Kind, env SystemEnv) (System, error) {
 		cache := cachelayer.New(rdb, &cachelayer.Config{Prefix: env.Prefix, Logger: logger})
 		return &ghlcacheSystem{
 			rdb: rdb, cache: cache,
-			repo: credits.NewCached(store, cache, &credits.CachedConfig{TTL: balanceTTL, Logger: logger, WriteThrough: kind == KindGhlcacheWT}),
+			repo: credits.NewCached(store, cache, &credits.CachedConfig{TTL: balanceTTL, Logger: logger,
+				WriteThrough: kind == KindGhlcacheWT, NearCache: kind == KindGhlcacheNear}),
 		}, nil
 	}
 	_ = rdb.Close()
@@ -234,7 +238,7 @@ func (s *ghlcacheSystem) Quiesce(ctx context.Context) error {
 
 func (s *ghlcacheSystem) HitsMisses() (hits, misses int64) {
 	st := s.cache.Stats()
-	return st.Hits, st.Misses
+	return st.Hits + st.NearHits, st.Misses // a near hit counts in NearHits only
 }
 
 // Stats returns the cache's counters.
