@@ -69,7 +69,7 @@ func StatsDelta(a, b cachelayer.Stats) CacheCounters {
 // Add returns the sum of c and o.
 func (c CacheCounters) Add(o CacheCounters) CacheCounters {
 	return CacheCounters{
-		Hits: c.Hits + o.Hits, Misses: c.Misses + o.Misses, Loads: c.Loads + o.Loads, LoadsShared: c.LoadsShared + o.LoadsShared,
+		Hits: c.Hits + o.Hits, NearHits: c.NearHits + o.NearHits, Misses: c.Misses + o.Misses, Loads: c.Loads + o.Loads, LoadsShared: c.LoadsShared + o.LoadsShared,
 		LeaseWaits: c.LeaseWaits + o.LeaseWaits, StaleFillsRejected: c.StaleFillsRejected + o.StaleFillsRejected,
 		Corrupt: c.Corrupt + o.Corrupt, Oversize: c.Oversize + o.Oversize, RedisErrors: c.RedisErrors + o.RedisErrors,
 		Fallbacks: c.Fallbacks + o.Fallbacks, Invalidations: c.Invalidations + o.Invalidations,
