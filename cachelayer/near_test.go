@@ -800,3 +800,86 @@ func TestNearStalenessBound(t *testing.T) {
 		})
 	}
 }
+
+// failingClient is a go-redis hook that fails every command (as a
+// connection error would) while armed, without sending it.
+type failingClient struct{ armed atomic.Bool }
+
+var errInjected = errors.New("injected: connection reset")
+
+func (f *failingClient) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f *failingClient) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if f.armed.Load() {
+			cmd.SetErr(errInjected)
+			return errInjected
+		}
+		return next(ctx, cmd)
+	}
+}
+func (f *failingClient) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if f.armed.Load() {
+			for _, c := range cmds {
+				c.SetErr(errInjected)
+			}
+			return errInjected
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// While the breaker is open the near tier serves nothing (its tracking
+// connection is fine: only the cache's own client fails), and it serves
+// again, flushed, once the breaker has closed.
+func TestNearBypassedWhileBreakerOpen(t *testing.T) {
+	t.Parallel()
+	rdb := testsvc.Redis(t)
+	fail := &failingClient{}
+	rdb.AddHook(fail)
+	b := cacheOn(t, rdb, &Config{BreakerFailures: 1, BreakerCooldown: 50 * time.Millisecond})
+	hb := &nearHooks{serving: make(chan bool, 16)}
+	nearOn(t, b, hb)
+	ctx := ctxT(t, 30*time.Second)
+	key := nearPrefix + "breaker"
+	var version atomic.Int64
+	load := func(context.Context) (row, error) { r := sampleRow(1); r.Version = version.Load(); return r, nil }
+	if _, err := nearHit(t, ctx, b, key, time.Minute, load); err != nil {
+		t.Fatal(err)
+	}
+	fail.armed.Store(true)
+	version.Store(1) // as if a write happened whose delete this process could not send
+	if _, err := Fetch(ctx, b, nearPrefix+"other", time.Minute, load); err != nil { // fails over to the loader; opens the breaker
+		t.Fatal(err)
+	}
+	select {
+	case s := <-hb.serving:
+		if s {
+			t.Fatal("serving changed to serving with the breaker open")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still serving 10 s after the breaker opened: %+v", b.Stats())
+	}
+	before := b.Stats()
+	for range 5 {
+		v, err := Fetch(ctx, b, key, time.Minute, load)
+		if err != nil || v.Version != 1 {
+			t.Fatalf("read with the breaker open: version %d %v, want 1 (from the loader)", v.Version, err)
+		}
+	}
+	if st := b.Stats(); st.NearHits != before.NearHits || st.NearEntries != 0 || !st.BreakerOpen {
+		t.Fatalf("near tier used with the breaker open: %+v", st)
+	}
+	fail.armed.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for serving := false; !serving; { // the half-open probe of some read closes the breaker
+		_, _ = Fetch(ctx, b, nearPrefix+"other", time.Minute, load)
+		select {
+		case serving = <-hb.serving:
+		case <-time.After(20 * time.Millisecond): // the next read may probe
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("near tier not serving 10 s after Redis came back: %+v", b.Stats())
+		}
+	}
+}
