@@ -848,7 +848,7 @@ func TestNearBypassedWhileBreakerOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail.armed.Store(true)
-	version.Store(1) // as if a write happened whose delete this process could not send
+	version.Store(1)                                                                // as if a write happened whose delete this process could not send
 	if _, err := Fetch(ctx, b, nearPrefix+"other", time.Minute, load); err != nil { // fails over to the loader; opens the breaker
 		t.Fatal(err)
 	}
