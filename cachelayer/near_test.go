@@ -848,8 +848,10 @@ func TestNearBypassedWhileBreakerOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail.armed.Store(true)
-	version.Store(1)                                                                // as if a write happened whose delete this process could not send
-	if _, err := Fetch(ctx, b, nearPrefix+"other", time.Minute, load); err != nil { // fails over to the loader; opens the breaker
+	// As if a write happened whose delete this process could not send; the
+	// next read fails over to the loader and opens the breaker.
+	version.Store(1)
+	if _, err := Fetch(ctx, b, nearPrefix+"other", time.Minute, load); err != nil {
 		t.Fatal(err)
 	}
 	select {
