@@ -189,8 +189,20 @@ func TestStandaloneFailoverLostDeleteRepaired(t *testing.T) {
 	// sweeper step (EpochPoll, 100 ms here) plus the re-delete. The bound
 	// leaves room for a loaded machine; the measured window is logged.
 	assert.Less(t, window, 5*time.Second, "the old balance read long after the new master was reachable")
-	assert.NotEqual(t, epochA, a.cache.TopologyEpoch(), "a saw a new topology epoch")
-	assert.NotEqual(t, epochB, b.cache.TopologyEpoch(), "b saw a new topology epoch")
+	// Each instance sees the new master by its own next topology check (a
+	// TopologyEpoch call starts one when the last is older than
+	// TopologyInterval); the other instance's re-delete may have repaired
+	// the key before that.
+	for name, inst := range map[string]struct {
+		c    *instance
+		from uint64
+	}{"a": {a, epochA}, "b": {b, epochB}} {
+		deadline := time.Now().Add(10 * time.Second)
+		for inst.c.cache.TopologyEpoch() == inst.from && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling with a deadline
+		}
+		assert.NotEqual(t, inst.from, inst.c.cache.TopologyEpoch(), "%s saw a new topology epoch", name)
+	}
 
 	// It stays repaired: the promoted replica's entry is gone or new, and
 	// every later read is new.
