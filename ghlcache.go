@@ -68,6 +68,8 @@ type Repos struct {
 	Workflows *workflows.Cached
 	Pool      *pgxpool.Pool
 	Cache     *cachelayer.Cache
+
+	dbURL string // to redact Health's Postgres errors
 }
 
 // Open connects to Postgres (checked with a ping) and Redis, and returns both
@@ -136,6 +138,7 @@ func Open(ctx context.Context, cfg Config) (*Repos, error) {
 		Workflows: workflows.NewCached(workflows.NewStore(pool), cache, &wfCfg),
 		Pool:      pool,
 		Cache:     cache,
+		dbURL:     cfg.DatabaseURL,
 	}, nil
 }
 
