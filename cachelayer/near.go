@@ -478,7 +478,15 @@ func (c *Cache) nearSettle(ctx context.Context, full []string, errs []error) {
 			break
 		}
 	}
-	if !covered {
+	if covered {
+		n.settle(ctx)
+	}
+}
+
+// settle waits MaxLag (or until ctx ends) after a change of near keys
+// reached Redis; see NoWriteWait.
+func (n *nearTier) settle(ctx context.Context) {
+	if n.cfg.NoWriteWait {
 		return
 	}
 	n.settles.Add(1)
@@ -507,6 +515,16 @@ func (n *nearTier) flush() {
 	n.epoch.Add(1)
 	n.store.InvalidateAll()
 	n.flushes.Add(1)
+}
+
+// overlaps reports whether keys under the full prefix can be near keys.
+func (n *nearTier) overlaps(full string) bool {
+	for _, p := range *n.prefixes.Load() {
+		if p = n.c.prefix + p; strings.HasPrefix(full, p) || strings.HasPrefix(p, full) {
+			return true
+		}
+	}
+	return false
 }
 
 // prefixFlush drops the near copies under a full key prefix (DeletePrefix):

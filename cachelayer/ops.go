@@ -269,8 +269,8 @@ func (c *Cache) DeleteFullPrefix(ctx context.Context, full string) (int64, error
 	}
 	err := each(ctx, scan)
 	c.forgetPrefix(full)
-	if n := c.near.Load(); n != nil && deleted.Load() > 0 {
-		c.nearSettle(ctx, []string{c.prefix + (*n.prefixes.Load())[0]}, nil) // as for any near key
+	if n := c.near.Load(); n != nil && deleted.Load() > 0 && n.overlaps(full) {
+		n.settle(ctx) // as after any change of near keys
 	}
 	if !perMaster {
 		err = c.outcome(ctx, err)
