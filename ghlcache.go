@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
 	"github.com/ghl-agency/ghlcache/credits"
@@ -39,6 +42,22 @@ type Config struct {
 	Credits   *credits.CachedConfig   // nil: defaults (TTL 60 s)
 	Workflows *workflows.CachedConfig // nil: defaults (TTL 300 s, not-found 30 s)
 	Logger    *slog.Logger            // slog.Default()
+
+	// MeterProvider and TracerProvider, if set, receive the cache's and
+	// the outboxes' metrics and the cache's spans (see cachelayer.Config:
+	// they are used where Cache sets none). nil: no telemetry, at no cost.
+	// The library uses the OpenTelemetry API only; the SDK and exporters
+	// are the service's.
+	MeterProvider  metric.MeterProvider
+	TracerProvider trace.TracerProvider
+
+	// ConfigureRedis, if set, is called with the Redis client Open built
+	// (not in no-cache mode), before the repositories use it: the place for
+	// go-redis hooks such as redisotel.InstrumentTracing and
+	// redisotel.InstrumentMetrics. Open's own connection check comes before
+	// it. An error fails Open. For Postgres, see ConfigurePool (a pgx
+	// tracer such as otelpgx's).
+	ConfigureRedis func(redis.UniversalClient) error
 }
 
 // ErrSchemaMissing is returned by [Open], when Config.Migrate is false, for
@@ -118,10 +137,23 @@ func Open(ctx context.Context, cfg Config) (*Repos, error) {
 		ccfg = *cfg.Cache
 	}
 	ccfg.Logger = cmp.Or(ccfg.Logger, cfg.Logger)
+	if ccfg.MeterProvider == nil {
+		ccfg.MeterProvider = cfg.MeterProvider
+	}
+	if ccfg.TracerProvider == nil {
+		ccfg.TracerProvider = cfg.TracerProvider
+	}
 	cache, err := cachelayer.Open(ctx, cfg.RedisURL, &ccfg)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("ghlcache: %w", err)
+	}
+	if rdb := cache.Client(); rdb != nil && cfg.ConfigureRedis != nil {
+		if err := cfg.ConfigureRedis(rdb); err != nil {
+			_ = cache.Close()
+			pool.Close()
+			return nil, fmt.Errorf("ghlcache: Config.ConfigureRedis: %w", err)
+		}
 	}
 	var crCfg credits.CachedConfig
 	if cfg.Credits != nil {

@@ -49,7 +49,8 @@ type Cache struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	st counters
+	st  counters
+	tel *telemetry // nil without MeterProvider and TracerProvider
 
 	// Test hooks (nil in production): joined runs after a Fetch caller has
 	// joined (or started) the flight of a key; leaseWait runs when a flight
@@ -194,6 +195,7 @@ func New(rdb redis.UniversalClient, cfg *Config) *Cache {
 		deadlines: newReadDeadlines(conf.OpTimeout),
 	}
 	c.notes.channel = fillChannel(conf.Prefix)
+	c.tel = newTelemetry(c, &conf)
 	c.br = c.newBreaker(conf.Logger)
 	if rdb != nil && !contextTimeoutEnabled(rdb) {
 		c.log.Warn("cachelayer: redis client lacks ContextTimeoutEnabled; a hung Redis can stall reads beyond OpTimeout",
@@ -468,6 +470,7 @@ func (c *Cache) Close() error {
 			n.close()
 		}
 		c.wg.Wait()
+		c.tel.close()
 		if c.owned && c.rdb != nil {
 			c.closeErr = c.rdb.Close()
 		}

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"runtime"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // TTLs for common kinds of data, as in the service this package replaces.
@@ -130,6 +133,14 @@ type Config struct {
 	// some keys in front of Redis; off unless Near.Prefix names one (or
 	// [Cache.EnableNear] adds one). See [NearConfig].
 	Near NearConfig
+	// MeterProvider, if set, receives the cache's metrics (request
+	// outcomes, Fetch and load latency, loads, invalidations, breakers; see
+	// the names in the package documentation). TracerProvider, if set, gets
+	// a span for each Fetch that misses (hits have none) and one for each
+	// load. Both nil (the default): no telemetry, and it costs nothing. The
+	// cache uses the OpenTelemetry API only; the SDK is the service's.
+	MeterProvider  metric.MeterProvider
+	TracerProvider trace.TracerProvider
 	// Logger receives warnings on state changes (breaker open and closed,
 	// a client without ContextTimeoutEnabled), never one per request;
 	// default slog.Default().

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -73,17 +74,29 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	var near *nearTier
 	if n := c.near.Load(); n != nil && !opts.SkipRedis && !opts.NoNear && n.covers(key) {
 		if v, ok, err := nearGet[T](n, key, true); ok {
+			if c.tel != nil {
+				c.nearHit(key)
+			}
 			return v, err
 		}
 		near = n
+	}
+	var obs fetchObs
+	var ob *fetchObs // nil without telemetry
+	if c.tel != nil {
+		obs.t0 = time.Now()
+		ob = &obs
 	}
 	full := c.prefix + key
 	begin := c.seq.Add(1) // every answer must come from something started after this
 	skip := opts.SkipRedis
 	for attempt := 0; ; attempt++ {
-		v, next, err := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip, near)
+		v, next, err := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip, near, ob)
 		switch next {
 		case answered:
+			if ob != nil {
+				c.fetched(key, ob, err)
+			}
 			return v, err
 		case retryWithoutRedis:
 			skip = true
@@ -91,7 +104,11 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 		if attempt == maxFreshRetries {
 			// Entries keep changing under us: a load of our own is fresh.
 			c.st.loads.Add(1)
-			return safeLoad(ctx, c, full, load)
+			v, err := safeLoad(ctx, c, full, load)
+			if ob != nil {
+				c.fetched(key, ob, err)
+			}
+			return v, err
 		}
 	}
 }
@@ -126,10 +143,16 @@ const (
 // and fills under that lease. A miss is therefore this read, the load and
 // the fill; a hit is the read alone.
 func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negTTL time.Duration,
-	load func(context.Context) (T, error), begin int64, count bool, skip bool, near *nearTier) (_ T, next int, _ error) {
+	load func(context.Context) (T, error), begin int64, count bool, skip bool, near *nearTier, ob *fetchObs) (_ T, next int, _ error) {
 	var zero T
 	if skip {
-		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, flightStart{mode: flightBypass})
+		start := flightStart{mode: flightBypass}
+		if ob != nil {
+			ob.decide(outBypass)
+			ctx = c.startSpan(ctx, ob, key)
+			start.span = ob.span
+		}
+		return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, start, ob)
 	}
 	start := flightStart{mode: flightNormal}
 	if !c.noCache() {
@@ -165,6 +188,13 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 					if count {
 						c.st.hits.Add(1)
 					}
+					if ob != nil {
+						if kind == entryNotFound {
+							ob.decide(outNotFound)
+						} else {
+							ob.decide(outHit)
+						}
+					}
 					if snap.ok {
 						_, payload := classify(s)
 						ttlFor := ttl
@@ -194,7 +224,19 @@ func fetchOnce[T any](ctx context.Context, c *Cache, key, full string, ttl, negT
 			start.mode = flightFallback // breaker open
 		}
 	}
-	return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, start)
+	if ob != nil {
+		switch {
+		case start.mode == flightFallback:
+			ob.decide(outFallback)
+		case c.noCache():
+			ob.decide(outBypass)
+		default:
+			ob.decide(outMiss)
+		}
+		ctx = c.startSpan(ctx, ob, key)
+		start.span = ob.span
+	}
+	return joinFlight(ctx, c, full, key, ttl, negTTL, load, begin, start, ob)
 }
 
 // readOrLease sends SET full token NX GET PX LeaseTTL, bounded by OpTimeout
@@ -311,9 +353,10 @@ const (
 // flightStart is what a caller's read hands to the flight it starts.
 type flightStart struct {
 	mode      int
-	lease     string    // the caller's read put this lease in the key: load and fill at once
-	leaseSent time.Time // when that read was sent (the lease lives at least LeaseTTL from then)
-	found     string    // else what the read found (a lease, an undecodable entry), if anything
+	lease     string     // the caller's read put this lease in the key: load and fill at once
+	leaseSent time.Time  // when that read was sent (the lease lives at least LeaseTTL from then)
+	found     string     // else what the read found (a lease, an undecodable entry), if anything
+	span      trace.Span // the caller's span, for the flight's events (nil without traces)
 }
 
 // joinFlight starts or joins the flight of full (a load round for
@@ -324,7 +367,7 @@ type flightStart struct {
 // no-cache mode, takes an answer whose source began before the caller did
 // (degraded modes, see doc.go); a SkipRedis read never does.
 func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
-	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, start flightStart) (_ T, next int, _ error) {
+	ttl, negTTL time.Duration, load func(context.Context) (T, error), begin int64, start flightStart, ob *fetchObs) (_ T, next int, _ error) {
 	var zero T
 	mode := start.mode
 	if err := ctx.Err(); err != nil && start.lease == "" {
@@ -391,9 +434,16 @@ func joinFlight[T any](ctx context.Context, c *Cache, full, key string,
 	}
 	if !leader && res.loaded {
 		c.st.loadsShared.Add(1)
+		if ob != nil {
+			ob.shared = true
+			c.count(telLoadsShared, full, 1)
+		}
 	}
 	if mode == flightFallback || res.fallback {
 		c.st.fallbacks.Add(1)
+		if ob != nil {
+			ob.out, ob.set = outFallback, true
+		}
 	}
 	return res.value(), answered, res.err
 }
@@ -480,6 +530,12 @@ func (r *flightResult[T]) answerFromRedis(kind entryKind, v T, payload, key stri
 // that shared it: a panic on a flight's goroutine would crash the process,
 // where no caller's recovery could catch it.
 func safeLoad[T any](ctx context.Context, c *Cache, full string, load func(context.Context) (T, error)) (v T, err error) {
+	if c.tel != nil {
+		var t0 time.Time
+		var span trace.Span
+		ctx, t0, span = c.loadSpan(ctx)
+		defer func() { c.loadEnd(full, t0, span, err) }() // after the recover below
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			var zero T
@@ -500,6 +556,9 @@ func safeLoad[T any](ctx context.Context, c *Cache, full string, load func(conte
 func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time.Duration,
 	load func(context.Context) (T, error), start flightStart) *flightResult[T] {
 	ctx := context.Background()
+	if start.span != nil { // the leader's span: the loads' parent
+		ctx = trace.ContextWithSpan(ctx, start.span)
+	}
 	res := &flightResult[T]{codec: c.codec}
 	loadOnce := func() {
 		c.st.loads.Add(1)
@@ -588,12 +647,20 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		switch got {
 		case leaseHealed:
 			c.st.corrupt.Add(1)
+			c.count(telCorrupt, full, 1)
+			spanEvent(start.span, "corrupt")
 			fallthrough
 		case leaseTaken:
 			keeper := c.keepLease(full, token, leaseSent)
 			loadOnce()
 			validUntil := keeper.stop()
 			filled, voided := c.fill(ctx, full, token, ttl, negTTL, res, validUntil)
+			switch {
+			case filled:
+				spanEvent(start.span, "fill")
+			case voided:
+				spanEvent(start.span, "fill.rejected")
+			}
 			if filled || reloads >= maxReloads {
 				return res
 			}
@@ -620,6 +687,8 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 			return res
 		case entryCorrupt:
 			c.st.corrupt.Add(1)
+			c.count(telCorrupt, full, 1)
+			spanEvent(start.span, "corrupt")
 			expect = &raw
 			continue
 		}
@@ -628,6 +697,8 @@ func runFlight[T any](c *Cache, self *flight, full, key string, ttl, negTTL time
 		if !own && !counted {
 			counted = true
 			c.st.leaseWaits.Add(1)
+			c.count(telLeaseWaits, full, 1)
+			spanEvent(start.span, "lease.wait")
 			if c.hookLeaseWait != nil {
 				c.hookLeaseWait(full)
 			}
@@ -839,6 +910,7 @@ func (c *Cache) fill(ctx context.Context, full, token string, ttl, negTTL time.D
 	}
 	if time.Now().Before(validUntil) {
 		c.st.staleFillsRejected.Add(1)
+		c.count(telFillsRejected, full, 1)
 		return false, true
 	}
 	return false, false

@@ -103,6 +103,7 @@ func (c *Cache) deleteEach(ctx context.Context, keys []string, repls []*replacem
 		err = c.outcome(ctx, err)
 		c.st.invalidationFailures.Add(1)
 		for i := range errs {
+			c.count(telInvalidationFailures, keys[i], 1)
 			errs[i] = fmt.Errorf("cachelayer: delete: %w", asUnavailable(err))
 		}
 		return errs
@@ -124,6 +125,13 @@ func (c *Cache) deleteEach(ctx context.Context, keys []string, repls []*replacem
 	c.nearSettle(ctx, keys, errs)
 	if unreached {
 		c.st.invalidationFailures.Add(1)
+		if c.tel != nil {
+			for i, err := range errs {
+				if err != nil && !errors.Is(err, ErrNotReplicated) {
+					c.count(telInvalidationFailures, keys[i], 1)
+				}
+			}
+		}
 	}
 	if !some {
 		return nil
@@ -291,6 +299,7 @@ func (c *Cache) deleteGroup(ctx, ictx context.Context, keys []string, repls []*r
 			continue
 		}
 		done++
+		c.count(telInvalidations, keys[i], 1)
 		if !confirmed {
 			errs[i] = fmt.Errorf("cachelayer: delete %s: %w (WAIT %d: %d replicas within %v)",
 				keys[i], ErrNotReplicated, wait, waited.Val(), time.Duration(ms)*time.Millisecond)

@@ -362,7 +362,10 @@ func FetchNear[T any](c *Cache, key string, opts FetchOptions) (v T, ok bool, er
 	if n == nil || opts.SkipRedis || opts.NoNear || !n.covers(key) {
 		return v, false, nil
 	}
-	return nearGet[T](n, key, false)
+	if v, ok, err = nearGet[T](n, key, false); ok && c.tel != nil {
+		c.nearHit(key)
+	}
+	return v, ok, err
 }
 
 // nearStore keeps v (what the caller's read found in Redis, kind a value or

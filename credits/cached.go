@@ -72,6 +72,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 		panic("credits: negative CachedConfig.TTL")
 	}
 	ttl := cmp.Or(cfg.TTL, cachelayer.TTLShort)
+	c.SetDomain(keyPrefix, OutboxDomain) // names the domain of its metrics and spans
 	if cfg.NearCache {
 		if err := c.EnableNear(keyPrefix); err != nil {
 			cmp.Or(cfg.Logger, slog.Default()).Warn("credits: balances stay out of the near tier", "err", err)
@@ -79,6 +80,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	}
 	ob := outbox.New(store.pool, c, outbox.Config{
 		Domain: OutboxDomain, Tables: []string{"credit_balances"}, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: ttl + time.Minute, Logger: cfg.Logger,
+		MeterProvider: c.MeterProvider(),
 	})
 	return &Cached{store: store, cache: c, ttl: ttl, outbox: ob, writeThrough: cfg.WriteThrough}
 }

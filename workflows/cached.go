@@ -59,6 +59,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 		NegativeTTL: cmp.Or(cfg.NegativeTTL, 30*time.Second),
 	}
 	maxAge := max(opts.TTL, opts.NegativeTTL) + time.Minute // how long a cached entry or marker can outlive a lost delete
+	c.SetDomain(keyPrefix, OutboxDomain)                    // names the domain of its metrics and spans
 	if !cfg.NoNearCache {
 		if err := c.EnableNear(keyPrefix); err != nil {
 			cmp.Or(cfg.Logger, slog.Default()).Warn("workflows: definitions stay out of the near tier", "err", err)
@@ -66,6 +67,7 @@ func NewCached(store *Store, c *cachelayer.Cache, cfg *CachedConfig) *Cached {
 	}
 	return &Cached{store: store, cache: c, opts: opts, outbox: outbox.New(store.pool, c, outbox.Config{
 		Domain: OutboxDomain, Tables: []string{"workflow_definitions"}, Interval: cfg.SweepInterval, IdleInterval: cfg.SweepIdle, Batch: cfg.SweepBatch, MaxAge: maxAge, Logger: cfg.Logger,
+		MeterProvider: c.MeterProvider(),
 	})}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/ghl-agency/ghlcache/internal/dbq"
 )
@@ -82,6 +83,10 @@ type Config struct {
 	NoNamespace bool
 
 	Now func() time.Time // the clock MaxAge and the sweep schedule are measured on, time.Now; tests set it
+
+	// MeterProvider, if set, gets the domain's outbox gauges (see
+	// registerGauges); nil: none.
+	MeterProvider metric.MeterProvider
 }
 
 // Stats describes an outbox domain: the table's waiting rows (all
@@ -110,10 +115,11 @@ type Outbox struct {
 	cfg  Config
 	log  *slog.Logger
 
-	mu      sync.Mutex       // guards pending and byKey
-	pending map[int64]string // outbox row id → key, for rows this process wrote and has not seen done
-	byKey   map[string]int   // key → number of pending rows for it
-	npend   atomic.Int64     // len(pending), read without mu on the hot path
+	mu      sync.Mutex          // guards pending and byKey
+	pending map[int64]string    // outbox row id → key, for rows this process wrote and has not seen done
+	byKey   map[string]int      // key → number of pending rows for it
+	npend   atomic.Int64        // len(pending), read without mu on the hot path
+	gauges  metric.Registration // the outbox gauges' callback, nil without a MeterProvider
 
 	swept, dropped, cleaned, redeleted, failures atomic.Int64
 
@@ -203,6 +209,9 @@ func New(pool *pgxpool.Pool, inv Invalidator, cfg Config) *Outbox {
 	if !cfg.NoListen && o.register {
 		o.wg.Add(1)
 		go o.listen()
+	}
+	if err := o.registerGauges(cfg.MeterProvider); err != nil {
+		o.log.Warn("outbox: gauges not reported", "err", err)
 	}
 	return o
 }
@@ -403,6 +412,9 @@ func (o *Outbox) Stats(ctx context.Context) (Stats, error) {
 // left waiting in the table are swept by any other instance.
 func (o *Outbox) Close() error {
 	o.closeOnce.Do(func() {
+		if o.gauges != nil {
+			_ = o.gauges.Unregister()
+		}
 		close(o.stop)
 		o.wg.Wait()
 		o.releaseNamespace()
