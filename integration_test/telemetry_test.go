@@ -237,7 +237,7 @@ func flatten(rm metricdata.ResourceMetrics) map[string]int64 {
 	label := func(name string, set attribute.Set) string {
 		var vals []string
 		for _, kv := range set.ToSlice() {
-			vals = append(vals, kv.Value.Emit())
+			vals = append(vals, kv.Value.String())
 		}
 		return name + "{" + strings.Join(vals, ",") + "}"
 	}
