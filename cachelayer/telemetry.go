@@ -54,7 +54,6 @@ import (
 // a pgx tracer's query spans nest under it).
 type telemetry struct {
 	tracer trace.Tracer // nil without a TracerProvider
-	meter  metric.Meter // nil without a MeterProvider
 
 	loads, loadsShared, leaseWaits      metric.Int64Counter
 	fillsRejected, corrupt              metric.Int64Counter
@@ -151,7 +150,7 @@ func newTelemetry(c *Cache, cfg *Config) *telemetry {
 		return t
 	}
 	m := cfg.MeterProvider.Meter(instrumentationName)
-	t.meter, t.metricsOn = m, true
+	t.metricsOn = true
 	var errs []error
 	counter := func(name, unit, desc string) metric.Int64Counter {
 		ctr, err := m.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -270,7 +269,7 @@ func (t *telemetry) domain(key string) *domainAttrs {
 	return best
 }
 
-// domainFull is domain for a full key (with Config.Prefix).
+// telDomain is domain for a full key (with Config.Prefix).
 func (c *Cache) telDomain(full string) *domainAttrs {
 	return c.tel.domain(strings.TrimPrefix(full, c.prefix))
 }
