@@ -6,9 +6,9 @@ SQLC        := go run github.com/sqlc-dev/sqlc/cmd/sqlc@v1.31.1
 STATICCHECK := go run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-# The modules of the workspace (go.work): the library, the CLI, and the
-# integration tests. build, test and lint run in each.
-MODULES := . cmd/ghlcache integration_test
+# The modules of the workspace (go.work): the library, the CLI, the
+# integration tests and the example service. build, test and lint run in each.
+MODULES := . cmd/ghlcache integration_test examples/service
 # each runs its command in every module, stopping at the first failure.
 each = set -e; for m in $(MODULES); do echo "== $$m: $(1)"; (cd $$m && $(1)); done
 
