@@ -293,6 +293,7 @@ func TestTelemetryNearHits(t *testing.T) {
 			t.Fatal("no near hits within the deadline")
 		}
 	}
+	entries := cache.Stats().NearEntries
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(ctx, &rm); err != nil {
 		t.Fatal(err)
@@ -308,7 +309,9 @@ func TestTelemetryNearHits(t *testing.T) {
 	if total != calls || got["ghlcache.cache.requests{workflows,near_hit}"] != st.NearHits {
 		t.Errorf("%d requests (%d near hits) for %d calls and Stats.NearHits %d", total, got["ghlcache.cache.requests{workflows,near_hit}"], calls, st.NearHits)
 	}
-	if got["ghlcache.cache.near.entries{}"] != 1 {
-		t.Errorf("near entries gauge %d, want 1", got["ghlcache.cache.near.entries{}"])
+	// The gauge is the tier's size at collection: the one definition,
+	// unless a flush (a tracking reconnect) came between the reads.
+	if g := got["ghlcache.cache.near.entries{}"]; entries == st.NearEntries && g != entries {
+		t.Errorf("near entries gauge %d, Stats.NearEntries %d", g, entries)
 	}
 }
