@@ -51,6 +51,11 @@ type Op struct {
 // Workload.MaxErrors is 0.
 const DefaultMaxErrors = 100
 
+// DrainTimeout bounds how long the operations in flight at the end of a
+// workload's Duration may take to finish before their context is
+// cancelled.
+const DrainTimeout = 30 * time.Second
+
 // OpResult is the tally of one operation.
 type OpResult struct {
 	Name    string
@@ -82,6 +87,13 @@ func (r *Result) Op(name string) *OpResult {
 // Run runs the workload until its duration has passed, MaxErrors
 // operations failed, or ctx ends; it returns ctx's error if ctx ended
 // first (the result then holds what ran).
+//
+// The end of Duration stops goroutines from starting operations; it does
+// not cancel the ones in flight, which finish (within DrainTimeout) and are
+// tallied. Cancelling a write mid-call would leave it neither done nor
+// undone: its COMMIT may still land after Run has returned, and a check
+// that follows the run (the staleness probe's comparison with Postgres)
+// would see it land. MaxErrors and ctx do cancel the calls in flight.
 func (w Workload) Run(ctx context.Context) (*Result, error) {
 	if w.Duration <= 0 || len(w.Groups) == 0 {
 		return nil, errors.New("bench: a workload needs a duration and goroutines")
@@ -104,8 +116,14 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 	if maxErrors <= 0 {
 		maxErrors = DefaultMaxErrors
 	}
-	runCtx, cancel := context.WithTimeout(ctx, w.Duration)
+	// opCtx is the calls' context; runCtx, ending with Duration, only
+	// says whether to start another.
+	opCtx, opCancel := context.WithCancel(ctx)
+	defer opCancel()
+	runCtx, cancel := context.WithTimeout(opCtx, w.Duration)
 	defer cancel()
+	drain := time.AfterFunc(w.Duration+DrainTimeout, opCancel)
+	defer drain.Stop()
 
 	var (
 		mu       sync.Mutex // guards firstErr and the merge into res
@@ -138,7 +156,7 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 				for runCtx.Err() == nil {
 					i := pick(g.Ops, rng.Float64()*total)
 					start := time.Now()
-					err := runs[i](runCtx)
+					err := runs[i](opCtx)
 					t := &tally[i]
 					switch {
 					case err == nil:
@@ -146,7 +164,7 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 						t.Done++
 					case isAny(err, g.Ops[i].Refused):
 						t.Refused++
-					case runCtx.Err() != nil: // the run ended mid-call
+					case opCtx.Err() != nil: // the run was stopped mid-call
 					default:
 						t.Failed++
 						n := failed.Add(1)
@@ -157,7 +175,7 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 						}
 						if n >= maxErrors {
 							stopped.Store(true)
-							cancel()
+							opCancel()
 						}
 					}
 				}

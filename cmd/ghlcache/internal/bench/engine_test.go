@@ -42,6 +42,43 @@ func TestWorkloadTalliesEachOperation(t *testing.T) {
 	require.Greater(t, ok.Done, refused.Refused, "weights choose the operations")
 }
 
+// A call in flight when Duration ends is not cancelled: it finishes and is
+// counted (a write cut short could still commit after Run returned).
+func TestWorkloadLetsCallsInFlightFinish(t *testing.T) {
+	t.Parallel()
+	const d = 50 * time.Millisecond
+	var (
+		first      atomic.Bool
+		sawCancel  atomic.Bool
+		finishedIn = make(chan struct{})
+	)
+	w := Workload{Duration: d, Groups: []Group{{Goroutines: 1, Ops: []Op{{
+		Name: "slow", Weight: 1, Start: func(uint64) func(context.Context) error {
+			return func(ctx context.Context) error {
+				if first.Swap(true) {
+					return nil
+				}
+				// This timer starts after the run's deadline was set and
+				// is longer, so it fires after the run's end.
+				select {
+				case <-ctx.Done():
+					sawCancel.Store(true)
+					return ctx.Err()
+				case <-time.After(2 * d):
+					close(finishedIn)
+					return nil
+				}
+			}
+		},
+	}}}}}
+	r, err := w.Run(t.Context())
+	require.NoError(t, err)
+	require.False(t, sawCancel.Load(), "the run's end cancelled a call in flight")
+	<-finishedIn
+	require.EqualValues(t, 1, r.Op("slow").Done)
+	require.Zero(t, r.Failed)
+}
+
 func TestWorkloadStopsAfterMaxErrors(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("boom")
