@@ -24,7 +24,9 @@ const clockTick = 10 * time.Millisecond
 
 // MachineCPU returns the busy CPU time of the whole machine (every process:
 // this one, Postgres, Redis, and anyone else's) from /proc/stat, and false
-// where that file is not available.
+// where that file is not available. Steal time (a virtual machine's CPU
+// running someone else) is not counted: it is the host's load, not the
+// work of the systems measured, and it swings from run to run.
 func MachineCPU() (time.Duration, bool) {
 	f, err := os.Open("/proc/stat")
 	if err != nil {
@@ -41,7 +43,7 @@ func MachineCPU() (time.Duration, bool) {
 	}
 	var busy int64
 	for i, f := range fields[1:] {
-		if i == 3 || i == 4 { // idle, iowait
+		if i == 3 || i == 4 || i == 7 { // idle, iowait, steal
 			continue
 		}
 		if i >= 8 { // guest time is already counted in user

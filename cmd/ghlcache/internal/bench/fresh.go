@@ -21,11 +21,15 @@ type ColdRow struct {
 	Reads     int64   `json:"reads"`
 	Writes    int64   `json:"writes"`
 	Costs
-	ReadP50    Duration       `json:"read_p50"`
-	ReadP99    Duration       `json:"read_p99"`
-	WriteP50   Duration       `json:"write_p50,omitzero"`
-	StaleReads int64          `json:"stale_reads"`
-	Cache      *CacheCounters `json:"ghlcache_stats,omitempty"` // ghlcache's counters over the last round
+	// MinSelectsPerRead is the fewest Postgres SELECTs per read that any
+	// cache deleting a key on write could have spent on the same reads and
+	// writes (LoadBound): the floor under SelectsPerRead.
+	MinSelectsPerRead float64        `json:"min_pg_selects_per_read"`
+	ReadP50           Duration       `json:"read_p50"`
+	ReadP99           Duration       `json:"read_p99"`
+	WriteP50          Duration       `json:"write_p50,omitzero"`
+	StaleReads        int64          `json:"stale_reads"`
+	Cache             *CacheCounters `json:"ghlcache_stats,omitempty"` // ghlcache's counters over the last round
 }
 
 // CacheCounters are cachelayer.Stats counters, with JSON names.
@@ -159,6 +163,9 @@ func coldRow(kind Kind, instances int, rs []freshResult) ColdRow {
 		cs[i] = r.costs
 	}
 	row.Costs = medianCosts(cs)
+	row.MinSelectsPerRead = median(rs, func(r freshResult) float64 {
+		return float64(r.load.MinLoads) / float64(max(r.load.Reads, 1))
+	})
 	row.ReadP50 = Duration(median(rs, func(r freshResult) float64 { return float64(r.load.ReadLatency.Quantile(0.5)) }))
 	row.ReadP99 = Duration(median(rs, func(r freshResult) float64 { return float64(r.load.ReadLatency.Quantile(0.99)) }))
 	if row.Writes > 0 {

@@ -19,9 +19,12 @@ type LoadResult struct {
 	Reads, Writes int64
 	Errors        int64
 	StaleReads    int64 // reads that began after a write of their key had completed and returned an older version
-	ReadLatency   Histogram
-	WriteLatency  Histogram
-	CPU           CPUUsage
+	// MinLoads is a lower bound on the Postgres loads any cache that
+	// deletes a key on write needs for these reads (LoadBound).
+	MinLoads     int64
+	ReadLatency  Histogram
+	WriteLatency Histogram
+	CPU          CPUUsage
 }
 
 // ReadsPerSec returns the read throughput.
@@ -55,7 +58,7 @@ func (l MixedLoad) Run(ctx context.Context, read ReadFunc, write func(ctx contex
 	if s == 0 {
 		s = DefaultZipfS
 	}
-	fresh := NewFreshness(len(l.Keys))
+	fresh, bound := NewFreshness(len(l.Keys)), NewLoadBound(len(l.Keys))
 	if l.WriteFraction >= 1 {
 		return nil, errors.New("bench: a workload needs reads (WriteFraction < 1)")
 	}
@@ -63,10 +66,11 @@ func (l MixedLoad) Run(ctx context.Context, read ReadFunc, write func(ctx contex
 		z := NewZipf(len(l.Keys), s, seed)
 		return func(ctx context.Context) error {
 			i := z.Next()
-			floor := fresh.Begin(i)
+			floor, from := fresh.Begin(i), bound.Begin(i)
 			b, err := read(ctx, l.Keys[i])
 			if err == nil {
 				fresh.Read(floor, b.Version)
+				bound.Read(i, from)
 			}
 			return err
 		}
@@ -76,9 +80,11 @@ func (l MixedLoad) Run(ctx context.Context, read ReadFunc, write func(ctx contex
 			z := NewZipf(len(l.Keys), s, seed)
 			return func(ctx context.Context) error {
 				i := z.Next()
+				start := bound.Now()
 				b, err := write(ctx, l.Keys[i])
 				if err == nil {
 					fresh.Wrote(i, b.Version)
+					bound.Wrote(i, start)
 				}
 				return err
 			}
@@ -91,7 +97,7 @@ func (l MixedLoad) Run(ctx context.Context, read ReadFunc, write func(ctx contex
 	}
 	reads, writes := r.Op("read"), r.Op("write")
 	total := &LoadResult{
-		Reads: reads.Done, Writes: writes.Done, Errors: r.Failed, StaleReads: fresh.Stale(),
+		Reads: reads.Done, Writes: writes.Done, Errors: r.Failed, StaleReads: fresh.Stale(), MinLoads: bound.Loads(),
 		ReadLatency: reads.Latency, WriteLatency: writes.Latency, CPU: r.CPU,
 	}
 	if r.Stopped {
