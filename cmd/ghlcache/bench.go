@@ -198,12 +198,12 @@ func printBench(w io.Writer, r *bench.Results) error {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "system\tops/s\tmachine CPU/op\tPG SELECTs/read\tfloor\tPG stmts/write\tRedis cmds/op\tRedis RTs/op\thit ratio\tallocs/op\tread p50\tread p99\twrite p50\tstale reads\t")
 		for _, m := range t.rows {
-			hr := "—"
+			hr, floor := "—", "—" // no cache: no hit ratio, and no floor to hold it to
 			if m.HitRatio >= 0 {
-				hr = fmt.Sprintf("%.3f", m.HitRatio)
+				hr, floor = fmt.Sprintf("%.3f", m.HitRatio), fmt.Sprintf("%.3f", m.MinSelectsPerRead)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%.3f\t%.2f\t%.2f\t%.2f\t%s\t%.1f\t%s\t%s\t%s\t%d of %d\t\n", m.System, formatRate(m.OpsPerSec),
-				formatLatency(time.Duration(m.MachineCPUPerOp)), m.SelectsPerRead, m.MinSelectsPerRead, m.WriteStatementsPerWrite,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.3f\t%s\t%.2f\t%.2f\t%.2f\t%s\t%.1f\t%s\t%s\t%s\t%d of %d\t\n", m.System, formatRate(m.OpsPerSec),
+				formatLatency(time.Duration(m.MachineCPUPerOp)), m.SelectsPerRead, floor, m.WriteStatementsPerWrite,
 				m.RedisCommandsPerOp, m.RedisRoundTripsPerOp, hr, m.AllocsPerOp,
 				formatLatency(time.Duration(m.ReadP50)), formatLatency(time.Duration(m.ReadP99)),
 				formatLatency(time.Duration(m.WriteP50)), m.StaleReads, m.Reads)

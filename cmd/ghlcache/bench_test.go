@@ -42,6 +42,11 @@ func TestBenchTiny(t *testing.T) {
 			if m.System == string(bench.KindGhlcache) || m.System == string(bench.KindPostgres) {
 				require.Zero(t, m.StaleReads, m.System)
 			}
+			require.Positive(t, m.MinSelectsPerRead, m.System)
+			if k := bench.Kind(m.System); k == bench.KindGhlcache || k == bench.KindGhlcacheNear {
+				// A fresh delete-on-write cache cannot go under the floor.
+				require.GreaterOrEqual(t, m.SelectsPerRead, m.MinSelectsPerRead, m.System)
+			}
 			if m.System == string(bench.KindPostgres) {
 				// Every read is a SELECT (reads cut short by the end count
 				// their SELECT but not their read), and nothing uses Redis.
