@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -59,6 +60,8 @@ says so, and removes the containers at the end.`,
 		fs.IntVar(&o.concurrency, "concurrency", 16, "goroutines of the workload")
 		fs.IntVar(&o.burst, "burst", 1000, "goroutines of the cold-key burst")
 		fs.BoolVar(&o.json, "json", false, "print the report as JSON")
+		fs.Float64Var(&o.writeRate, "write-rate", 0, "writes per second, the same in both phases: credit adds, deducts and definition saves start on a fixed schedule "+
+			"from writers of their own while --concurrency goroutines only read (0: every goroutine writes 5% of its operations, so a faster phase also writes more)")
 		fs.BoolVar(&o.noNear, "no-near", false, "cached phase: keep workflow definitions out of the near tier (workflows.CachedConfig.NoNearCache), to compare")
 		fs.BoolVar(&o.writeThrough, "write-through", false, "cached phase: a change stores the new balance over an older cached one (credits.CachedConfig.WriteThrough) instead of deleting it")
 		return func(ctx context.Context, e *env, _ []string) error {
@@ -73,6 +76,7 @@ type demoOptions struct {
 	users, workflows   int
 	concurrency, burst int
 	json               bool
+	writeRate          float64 // writes per second from demoWriters paced goroutines; 0: the mix's share
 	writeThrough       bool
 	noNear             bool
 }
@@ -89,6 +93,7 @@ const (
 	demoProgressTicks  = 100   // steps of a phase's progress bar
 	demoSeedTicks      = 20    // steps of seeding on the progress bar
 	demoQuiesceTimeout = 10 * time.Second
+	demoWriters        = 8 // goroutines of the paced writes (--write-rate)
 )
 
 // The stages at which the demo calls env.demoHook.
@@ -109,6 +114,9 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	if o.prefix == "" {
 		return usagef(path, "--prefix must not be empty")
 	}
+	if o.writeRate < 0 || math.IsNaN(o.writeRate) || math.IsInf(o.writeRate, 0) {
+		return usagef(path, "--write-rate must be a number of writes per second, 0 or more")
+	}
 	begin := time.Now()
 	stopServices, err := demoServices(ctx, e)
 	if err != nil {
@@ -128,7 +136,7 @@ func runDemo(ctx context.Context, e *env, o demoOptions) error {
 	logger := slog.New(slog.DiscardHandler)
 	rep := &demoReport{
 		Mode: "redis", Prefix: o.prefix, Users: o.users, CreditTypes: demoCreditTypes, Workflows: o.workflows,
-		Concurrency: o.concurrency, Phase: bench.Duration(o.duration),
+		Concurrency: o.concurrency, Phase: bench.Duration(o.duration), WriteRate: o.writeRate,
 	}
 	hook := func(stage string) {
 		if e.demoHook != nil {

@@ -85,6 +85,28 @@ func TestDemoText(t *testing.T) {
 	require.Empty(t, r.stderr, "no progress bar when stderr is not a terminal")
 }
 
+// TestDemoPacedWrites: with --write-rate both phases write on one fixed
+// schedule (the slots that fall within a phase, whatever its reads'
+// speed), while the --concurrency goroutines only read.
+func TestDemoPacedWrites(t *testing.T) {
+	t.Parallel()
+	r := cli(t, demoArgs(t, "--write-rate", "100")...)
+	require.NoError(t, r.err, "stderr: %s", r.stderr)
+	var rep demoReport
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
+	require.Equal(t, 100.0, rep.WriteRate)
+	require.True(t, rep.Consistency.Passed)
+	for _, p := range []demoPhase{rep.Baseline, rep.Cached} {
+		require.Positive(t, p.Reads, p.Name)
+		require.Zero(t, p.Errors, p.Name)
+		writes := p.CreditWrites + p.InsufficientDeducts + p.WorkflowSaves
+		require.Positive(t, writes, p.Name)
+		// 100 per second for 300 ms: the slots at 0, 10, …, 290 ms (a save
+		// that lost a race is neither done nor counted here).
+		require.LessOrEqual(t, writes, int64(30), p.Name)
+	}
+}
+
 func TestDemoNoCache(t *testing.T) {
 	t.Parallel()
 	r := cli(t, demoArgs(t, "--no-cache", "--redis-url", "redis://u:"+password+"@127.0.0.1:1/0")...)
@@ -117,6 +139,8 @@ func TestDemoDown(t *testing.T) {
 		{"postgres", []string{"demo", "--database-url", "postgres://u:" + password + "@127.0.0.1:1/x", "--redis-url", testsvc.RedisURL(t)}},
 		{"redis", []string{"demo", "--database-url", testsvc.DatabaseURL(t), "--redis-url", "redis://u:" + password + "@127.0.0.1:1/0"}},
 		{"flags", []string{"demo", "--duration", "0s"}},
+		{"write rate", []string{"demo", "--write-rate", "-1"}},
+		{"write rate NaN", []string{"demo", "--write-rate", "NaN"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

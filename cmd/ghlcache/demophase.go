@@ -85,7 +85,7 @@ func (d *demo) phase(ctx context.Context, name string, cached bool, barBase int)
 	load := bench.Workload{
 		Duration: d.opts.duration,
 		Seed:     uint64(barBase) * 1_000_003,
-		Groups:   []bench.Group{{Goroutines: d.opts.concurrency, Ops: d.ops(readBalance, readDef)}},
+		Groups:   d.groups(readBalance, readDef),
 		// The progress bar follows the clock.
 		ProgressEvery: d.opts.duration / demoProgressTicks,
 		Progress: func(elapsed time.Duration) {
@@ -147,6 +147,31 @@ func (d *demo) phase(ctx context.Context, name string, cached bool, barBase int)
 	}
 	ph.Burst.Queries, ph.Burst.Wall = burst.Queries, bench.Duration(burst.Wall)
 	return ph, nil
+}
+
+// groups are the demo's goroutines: --concurrency of them running the
+// whole mix (ops), or, with --write-rate, reading only while demoWriters
+// more write on a fixed schedule, so that both phases get the same writes
+// per second (in a closed loop a phase whose reads are faster also writes
+// faster, and its reads then wait on a busier Postgres).
+func (d *demo) groups(readBalance func(context.Context, int64, credits.Type) (credits.Balance, error),
+	readDef func(context.Context, int64) (workflows.Definition, error)) []bench.Group {
+	ops := d.ops(readBalance, readDef)
+	if d.opts.writeRate <= 0 {
+		return []bench.Group{{Goroutines: d.opts.concurrency, Ops: ops}}
+	}
+	var reads, writes []bench.Op
+	for _, op := range ops {
+		if op.Name == opCreditWrite || op.Name == opWorkflowSave {
+			writes = append(writes, op)
+		} else {
+			reads = append(reads, op)
+		}
+	}
+	return []bench.Group{
+		{Goroutines: d.opts.concurrency, Ops: reads},
+		{Goroutines: demoWriters, Rate: d.opts.writeRate, Ops: writes},
+	}
 }
 
 // ops is the demo's mix of operations for the engine: Zipf-distributed

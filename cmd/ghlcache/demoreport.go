@@ -25,6 +25,7 @@ type demoReport struct {
 	CreditTypes   []credits.Type  `json:"credit_types"`
 	Workflows     int             `json:"workflows"`
 	Concurrency   int             `json:"concurrency"`
+	WriteRate     float64         `json:"write_rate,omitzero"` // writes per second, paced (--write-rate); 0: 5% of each goroutine's operations
 	Phase         bench.Duration  `json:"phase_duration"`
 	Seeding       bench.Duration  `json:"seeding"`
 	Baseline      demoPhase       `json:"baseline"`
@@ -240,6 +241,10 @@ func outage(p demoPhase) string {
 func printDemo(w io.Writer, r *demoReport) error {
 	fmt.Fprintf(w, "ghlcache demo — %d users × %d credit types, %d workflow definitions, %d goroutines, %s per phase\n",
 		r.Users, len(r.CreditTypes), r.Workflows, r.Concurrency, r.Phase)
+	if r.WriteRate > 0 {
+		fmt.Fprintf(w, "writes paced at %g per second in both phases (%d writers of their own; the %d goroutines only read)\n",
+			r.WriteRate, demoWriters, r.Concurrency)
+	}
 	mode := r.Mode
 	if r.NoCacheReason != "" {
 		mode += ", " + r.NoCacheReason

@@ -31,6 +31,14 @@ type Workload struct {
 type Group struct {
 	Goroutines int
 	Ops        []Op
+	// Rate, if positive, paces the group: its operations start on a fixed
+	// schedule of Rate per second in all (the n-th at n/Rate after the
+	// start), each taken by the next goroutine free; one that starts late
+	// (every goroutine busy) starts at once, and the schedule does not slip.
+	// An open loop: the group's load does not follow how fast the system
+	// answers. 0: each goroutine starts its next operation as soon as its
+	// last one returns.
+	Rate float64
 }
 
 // Op is one kind of operation of a workload.
@@ -137,12 +145,14 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 		res.Ops[i].Name = n
 	}
 	meter := StartCPU()
+	begin := time.Now()
 	gid := uint64(0)
 	for _, g := range w.Groups {
 		total := 0.0
 		for _, op := range g.Ops {
 			total += op.Weight
 		}
+		var slots atomic.Int64 // a paced group's next slot
 		for range g.Goroutines {
 			seed := w.Seed + gid*7919
 			gid++
@@ -154,6 +164,9 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 				}
 				tally := make([]OpResult, len(g.Ops))
 				for runCtx.Err() == nil {
+					if g.Rate > 0 && !waitSlot(runCtx, begin, w.Duration, g.Rate, &slots) {
+						break
+					}
 					i := pick(g.Ops, rng.Float64()*total)
 					start := time.Now()
 					err := runs[i](opCtx)
@@ -209,6 +222,28 @@ func (w Workload) Run(ctx context.Context) (*Result, error) {
 	res.CPU = meter.Stop()
 	res.Failed, res.FirstErr, res.Stopped = failed.Load(), firstErr, stopped.Load()
 	return res, ctx.Err()
+}
+
+// waitSlot takes the next slot of a paced group (Group.Rate) and waits
+// for its time; it reports false when the slot falls after the run's
+// Duration, or the run ends first.
+func waitSlot(runCtx context.Context, begin time.Time, d time.Duration, rate float64, slots *atomic.Int64) bool {
+	at := time.Duration(float64(slots.Add(1)-1) / rate * float64(time.Second))
+	if at >= d {
+		return false
+	}
+	wait := time.Until(begin.Add(at))
+	if wait <= 0 {
+		return true // late: at once
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-runCtx.Done():
+		return false
+	}
 }
 
 // pick returns the index of the operation that x, in [0, total weight),

@@ -206,3 +206,25 @@ func TestDrain(t *testing.T) {
 		require.ErrorContains(t, err, "still holds 1 invalidation(s) after 30ms")
 	})
 }
+
+func TestWorkloadPacedGroupKeepsItsSchedule(t *testing.T) {
+	t.Parallel()
+	var paced, free atomic.Int64
+	op := func(name string, n *atomic.Int64) Op {
+		return Op{Name: name, Weight: 1, Start: func(uint64) func(context.Context) error {
+			return func(context.Context) error { n.Add(1); return nil }
+		}}
+	}
+	// 200 per second for 100 ms: slots at 0, 5, …, 95 ms, whatever the
+	// number of goroutines; the slot at 100 ms falls after the run.
+	w := Workload{Duration: 100 * time.Millisecond, Groups: []Group{
+		{Goroutines: 8, Rate: 200, Ops: []Op{op("paced", &paced)}},
+		{Goroutines: 1, Ops: []Op{op("free", &free)}},
+	}}
+	r, err := w.Run(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, paced.Load(), r.Op("paced").Done)
+	require.Positive(t, r.Op("paced").Done)
+	require.LessOrEqual(t, r.Op("paced").Done, int64(20), "no more than the schedule's slots")
+	require.Greater(t, r.Op("free").Done, int64(20), "an unpaced group is not held to it")
+}
