@@ -104,3 +104,13 @@ func BenchmarkHistogramRecord(b *testing.B) {
 		h.Record(d % (10 * time.Millisecond))
 	}
 }
+
+func TestPairedRatio(t *testing.T) {
+	t.Parallel()
+	// Round by round 2, 1 and 3: the median is 2, where the medians'
+	// ratio would be 4 / 3.
+	require.Equal(t, 2.0, PairedRatio([]float64{2, 4, 9}, []float64{1, 4, 3}))
+	require.Equal(t, 1.5, PairedRatio([]Duration{3, 10}, []Duration{2, 0}), "a round without a figure is left out")
+	require.Zero(t, PairedRatio([]float64{1, 2}, []float64{1}), "rounds that do not pair up")
+	require.Zero(t, PairedRatio[float64](nil, nil))
+}

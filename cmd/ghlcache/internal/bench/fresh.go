@@ -30,6 +30,28 @@ type ColdRow struct {
 	WriteP50          Duration       `json:"write_p50,omitzero"`
 	StaleReads        int64          `json:"stale_reads"`
 	Cache             *CacheCounters `json:"ghlcache_stats,omitempty"` // ghlcache's counters over the last round
+	// RoundOpsPerSec and RoundMachineCPUPerOp are each round's figures, in
+	// round order: every system's round i ran within the same minute
+	// (systems take turns), so ratios between systems are read round by
+	// round (PairedRatio), which a drift of the machine's speed over the
+	// run does not move.
+	RoundOpsPerSec       []float64  `json:"round_ops_per_sec"`
+	RoundMachineCPUPerOp []Duration `json:"round_machine_cpu_per_op"`
+}
+
+// PairedRatio returns the median over rounds of a[i] / b[i] (rounds where
+// b[i] is 0 left out), or 0 when a and b differ in length or are empty.
+func PairedRatio[T ~float64 | ~int64](a, b []T) float64 {
+	if len(a) != len(b) {
+		return 0
+	}
+	var rs []float64
+	for i := range a {
+		if b[i] != 0 {
+			rs = append(rs, float64(a[i])/float64(b[i]))
+		}
+	}
+	return median(rs, func(x float64) float64 { return x })
 }
 
 // CacheCounters are cachelayer.Stats counters, with JSON names.
@@ -175,6 +197,10 @@ func coldRow(kind Kind, instances int, rs []freshResult) ColdRow {
 		row.StaleReads = max(row.StaleReads, r.load.StaleReads) // the worst round: any stale read is a bug
 	}
 	row.Cache = rs[len(rs)-1].cache
+	for _, r := range rs {
+		row.RoundOpsPerSec = append(row.RoundOpsPerSec, float64(r.load.Reads+r.load.Writes)/r.load.CPU.Wall.Seconds())
+		row.RoundMachineCPUPerOp = append(row.RoundMachineCPUPerOp, r.costs.MachineCPUPerOp)
+	}
 	return row
 }
 
