@@ -28,8 +28,11 @@ type Freshness struct {
 func NewFreshness(n int) *Freshness { return &Freshness{written: make([]atomic.Int64, n)} }
 
 // Wrote records that a write of key i completed with version v.
-func (f *Freshness) Wrote(i int, v int64) {
-	for old := f.written[i].Load(); v > old && !f.written[i].CompareAndSwap(old, v); old = f.written[i].Load() {
+func (f *Freshness) Wrote(i int, v int64) { raise(&f.written[i], v) }
+
+// raise sets a to v if v is greater, atomically.
+func raise(a *atomic.Int64, v int64) {
+	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {
 	}
 }
 

@@ -175,15 +175,15 @@ func coldRow(kind Kind, instances int, rs []freshResult) ColdRow {
 	if len(rs) == 0 {
 		return row
 	}
-	row.OpsPerSec = median(rs, func(r freshResult) float64 {
-		return float64(r.load.Reads+r.load.Writes) / r.load.CPU.Wall.Seconds()
-	})
 	row.Reads = int64(median(rs, func(r freshResult) float64 { return float64(r.load.Reads) }))
 	row.Writes = int64(median(rs, func(r freshResult) float64 { return float64(r.load.Writes) }))
 	cs := make([]Costs, len(rs))
 	for i, r := range rs {
 		cs[i] = r.costs
+		row.RoundOpsPerSec = append(row.RoundOpsPerSec, float64(r.load.Reads+r.load.Writes)/r.load.CPU.Wall.Seconds())
+		row.RoundMachineCPUPerOp = append(row.RoundMachineCPUPerOp, r.costs.MachineCPUPerOp)
 	}
+	row.OpsPerSec = median(row.RoundOpsPerSec, func(x float64) float64 { return x })
 	row.Costs = medianCosts(cs)
 	row.MinSelectsPerRead = median(rs, func(r freshResult) float64 {
 		return float64(r.load.MinLoads) / float64(max(r.load.Reads, 1))
@@ -197,10 +197,6 @@ func coldRow(kind Kind, instances int, rs []freshResult) ColdRow {
 		row.StaleReads = max(row.StaleReads, r.load.StaleReads) // the worst round: any stale read is a bug
 	}
 	row.Cache = rs[len(rs)-1].cache
-	for _, r := range rs {
-		row.RoundOpsPerSec = append(row.RoundOpsPerSec, float64(r.load.Reads+r.load.Writes)/r.load.CPU.Wall.Seconds())
-		row.RoundMachineCPUPerOp = append(row.RoundMachineCPUPerOp, r.costs.MachineCPUPerOp)
-	}
 	return row
 }
 

@@ -47,10 +47,7 @@ func (b *LoadBound) Now() int64 {
 }
 
 // Wrote records that a write of key i, begun at start (Now), completed.
-func (b *LoadBound) Wrote(i int, start int64) {
-	for old := b.writes[i].Load(); start > old && !b.writes[i].CompareAndSwap(old, start); old = b.writes[i].Load() {
-	}
-}
+func (b *LoadBound) Wrote(i int, start int64) { raise(&b.writes[i], start) }
 
 // Begin returns the earliest time a SELECT may start to answer a read of
 // key i that begins now; pass it to Read when the read ends.
