@@ -78,6 +78,7 @@ type counters struct {
 	oversize             atomic.Int64 // values not cached for size
 	redisErrors          atomic.Int64 // Redis calls that failed for want of Redis
 	fallbacks            atomic.Int64 // reads served by a loader because Redis failed or the breaker was open
+	bypasses             atomic.Int64 // Fetch calls with SkipRedis
 	invalidations        atomic.Int64 // keys deleted by Delete, DeleteFull
 	invalidationFailures atomic.Int64 // Delete/DeleteFull calls that did not reach Redis
 	recoveries           atomic.Int64 // breaker open → closed transitions
@@ -114,6 +115,12 @@ type Stats struct {
 	// Fallbacks counts Fetch calls served by a loader because Redis failed
 	// or the breaker was open (their own read, or their flight's).
 	Fallbacks int64
+	// Bypasses counts Fetch calls with FetchOptions.SkipRedis, served by a
+	// loader without reading or filling Redis (credits and workflows: a
+	// key whose invalidation by this process is pending, or every key
+	// until the process's namespace has settled). They count in neither
+	// Hits nor Misses.
+	Bypasses int64
 	// Invalidations counts keys deleted by Delete and DeleteFull (each key
 	// whose UNLINK Redis acknowledged, whether or not it existed).
 	Invalidations int64
@@ -375,6 +382,7 @@ func (c *Cache) Stats() Stats {
 		Oversize:             c.st.oversize.Load(),
 		RedisErrors:          c.st.redisErrors.Load(),
 		Fallbacks:            c.st.fallbacks.Load(),
+		Bypasses:             c.st.bypasses.Load(),
 		Invalidations:        c.st.invalidations.Load(),
 		InvalidationFailures: c.st.invalidationFailures.Load(),
 		Recoveries:           c.st.recoveries.Load(),

@@ -90,6 +90,9 @@ func FetchWith[T any](ctx context.Context, c *Cache, key string, opts FetchOptio
 	full := c.prefix + key
 	begin := c.seq.Add(1) // every answer must come from something started after this
 	skip := opts.SkipRedis
+	if skip {
+		c.st.bypasses.Add(1)
+	}
 	for attempt := 0; ; attempt++ {
 		v, next, err := fetchOnce(ctx, c, key, full, ttl, negTTL, load, begin, attempt == 0, skip, near, ob)
 		switch next {

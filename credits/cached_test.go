@@ -45,8 +45,6 @@ func newInstanceWith(t *testing.T, prefix, redisAddr string, cfg *credits.Cached
 // writes' notifications, would do its instance's work).
 func newInstanceOn(t *testing.T, dbURL, prefix, redisAddr string, cfg *credits.CachedConfig) *instance {
 	t.Helper()
-	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
-	pool := testsvc.NewPoolOn(t, dbURL, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	var rdb *redis.Client
 	if redisAddr == "" {
 		rdb = testsvc.Redis(t)
@@ -57,6 +55,15 @@ func newInstanceOn(t *testing.T, dbURL, prefix, redisAddr string, cfg *credits.C
 		})
 		t.Cleanup(func() { _ = rdb.Close() })
 	}
+	return newInstanceClient(t, dbURL, prefix, rdb, cfg)
+}
+
+// newInstanceClient is newInstanceOn with the Redis client rdb (one a
+// test has added hooks to).
+func newInstanceClient(t *testing.T, dbURL, prefix string, rdb *redis.Client, cfg *credits.CachedConfig) *instance {
+	t.Helper()
+	tracer := &testsvc.QueryTracer{Match: "FROM credit_balances"}
+	pool := testsvc.NewPoolOn(t, dbURL, func(c *pgxpool.Config) { c.ConnConfig.Tracer = tracer })
 	// A generous OpTimeout: these tests are about leases and invalidation,
 	// and -race on 2 cores can stall a 1000-goroutine burst past 100 ms.
 	cache := cachelayer.New(rdb, &cachelayer.Config{Prefix: prefix, OpTimeout: 2 * time.Second})

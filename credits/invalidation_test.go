@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ghl-agency/ghlcache/cachelayer"
@@ -231,4 +233,102 @@ func TestCachedOutboxStatementsPerWrite(t *testing.T) {
 	require.Less(t, got, int64(writes), "far from one per write")
 	t.Logf("%d deducts in %v (%.0f/s): %d outbox statements, %.3f per write",
 		writes, elapsed.Round(time.Millisecond), writes/elapsed.Seconds(), got, float64(got)/writes)
+}
+
+// TestCachedReadDuringInvalidationIsAHit: a read of a key in the writer's
+// own process while the write's delete is on its way to Redis overlaps the
+// write (which has not returned), so it is served as any process's read
+// is: here a hit, with no Postgres query and no bypass. The key is marked
+// pending only when the delete fails (TestCachedPendingReadsShareOneLoad);
+// once the write returned, its process reads the new balance.
+func TestCachedReadDuringInvalidationIsAHit(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	hook := &holdUnlinkHook{held: make(chan struct{}), release: make(chan struct{})}
+	rdb := testsvc.Redis(t)
+	rdb.AddHook(hook)
+	a := newInstanceClient(t, testsvc.DatabaseURL(t), testsvc.Prefix(t), rdb, &credits.CachedConfig{SweepInterval: time.Hour})
+	user := testsvc.NewID()
+	full := a.cache.FullKey(credits.Key(user, enrichment))
+	_, err := a.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
+	require.NoError(t, err)
+	cached, err := a.repo.Balance(ctx, user, enrichment) // a miss: loads and fills
+	require.NoError(t, err)
+	require.Equal(t, int64(100), cached.Amount)
+
+	hook.key.Store(&full)
+	type result struct {
+		b   credits.Balance
+		err error
+	}
+	deducted := make(chan result, 1)
+	go func() {
+		b, err := a.repo.Deduct(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 25})
+		deducted <- result{b, err}
+	}()
+	select {
+	case <-hook.held: // committed; its UNLINK is held
+	case <-ctx.Done():
+		t.Fatal("the deduct's delete never reached Redis")
+	}
+	queries, bypasses := a.tracer.Count(), a.cache.Stats().Bypasses
+	got, err := a.repo.Balance(ctx, user, enrichment)
+	require.NoError(t, err)
+	require.Equal(t, cached, got, "a read overlapping the write is a hit of the cached balance")
+	require.Equal(t, queries, a.tracer.Count(), "no Postgres query while the delete is on its way")
+	require.Equal(t, bypasses, a.cache.Stats().Bypasses, "no bypass while the delete is on its way")
+
+	close(hook.release)
+	r := <-deducted
+	require.NoError(t, r.err)
+	require.Equal(t, int64(75), r.b.Amount)
+	got, err = a.repo.Balance(ctx, user, enrichment)
+	require.NoError(t, err)
+	require.Equal(t, r.b, got, "after the write returned, its process reads it")
+	st, err := a.repo.OutboxStats(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.Pending, "a delivered invalidation leaves nothing pending")
+}
+
+// holdUnlinkHook holds the first UNLINK (alone or in a pipeline) of the
+// key it is armed with until release is closed, closing held when it does.
+type holdUnlinkHook struct {
+	key     atomic.Pointer[string]
+	once    sync.Once
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (h *holdUnlinkHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *holdUnlinkHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.maybeHold(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *holdUnlinkHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			h.maybeHold(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *holdUnlinkHook) maybeHold(cmd redis.Cmder) {
+	key := h.key.Load()
+	if key == nil || cmd.Name() != "unlink" {
+		return
+	}
+	for _, arg := range cmd.Args()[1:] {
+		if s, ok := arg.(string); ok && s == *key {
+			h.once.Do(func() {
+				close(h.held)
+				<-h.release
+			})
+			return
+		}
+	}
 }

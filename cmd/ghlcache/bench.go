@@ -213,8 +213,8 @@ func printBench(w io.Writer, r *bench.Results) error {
 		}
 		for _, m := range t.rows {
 			if c := m.Cache; c != nil {
-				fmt.Fprintf(w, "%s's reads (last round): %d hits (%d near), %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks; %d invalidations, %d failed\n",
-					m.System, c.Hits, c.NearHits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Invalidations, c.InvalidationFailures)
+				fmt.Fprintf(w, "%s's reads (last round): %d hits (%d near), %d misses; %d loads, %d reads shared a load, %d lease waits, %d fills rejected, %d fallbacks, %d bypasses; %d invalidations, %d failed\n",
+					m.System, c.Hits, c.NearHits, c.Misses, c.Loads, c.LoadsShared, c.LeaseWaits, c.StaleFillsRejected, c.Fallbacks, c.Bypasses, c.Invalidations, c.InvalidationFailures)
 			}
 		}
 	}

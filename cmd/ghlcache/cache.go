@@ -339,7 +339,7 @@ func cacheStats(ctx context.Context, e *env, c *cacheConn, _ []string) error {
 		{"hits", st.Hits}, {"misses", st.Misses}, {"loads", st.Loads}, {"loads shared", st.LoadsShared},
 		{"lease waits", st.LeaseWaits}, {"stale fills rejected", st.StaleFillsRejected},
 		{"corrupt", st.Corrupt}, {"oversize", st.Oversize}, {"redis errors", st.RedisErrors},
-		{"fallbacks", st.Fallbacks}, {"invalidations", st.Invalidations},
+		{"fallbacks", st.Fallbacks}, {"bypasses", st.Bypasses}, {"invalidations", st.Invalidations},
 		{"invalidation failures", st.InvalidationFailures}, {"recoveries", st.Recoveries},
 	} {
 		fmt.Fprintf(tw, "  %s\t%v\n", kv.k, kv.v)

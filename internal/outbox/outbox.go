@@ -247,14 +247,14 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, key string) (Invalidatio
 // Invalidate runs after the commit that wrote inv's row (or one whose
 // outcome is unknown: if it did not commit, there is no row and the pending
 // mark clears at the next sweep); the zero Invalidation does nothing. It
-// marks the key pending and deletes it from the cache; when that succeeded
-// it clears the mark and queues the row to be marked done (in a batch, off
-// the write path). When the delete fails or is not attempted (Redis or the
-// key's shard unavailable, its breaker open) the row keeps waiting for the
-// sweeper and the key stays pending, so this process reads it from
-// Postgres meanwhile. So does a delete during which the cache's
-// TopologyEpoch changed: it may have reached a master that lost it, and the
-// sweeper deletes the key again on the new topology. Invalidate ignores
+// deletes the key from the cache; when that succeeded it queues the row to
+// be marked done (in a batch, off the write path). When the delete fails
+// or is not attempted (Redis or the key's shard unavailable, its breaker
+// open) the row keeps waiting for the sweeper and the key is marked
+// pending before Invalidate returns, so this process reads it from
+// Postgres until a sweep delivers it. So does a delete during which the
+// cache's TopologyEpoch changed: it may have reached a master that lost
+// it, and the sweeper deletes the key again on the new topology. Invalidate ignores
 // ctx's cancellation (the change has committed; its invalidation must still
 // happen) and is bounded by the Invalidator's own timeout.
 //
@@ -286,22 +286,29 @@ func (o *Outbox) InvalidateWith(ctx context.Context, inv Invalidation, replace f
 		_ = o.inv.DeleteFull(ctx, key) // reaches no Redis; forgets the key's in-process loads
 		return
 	}
-	o.markPending(id, key)
+	// The key is marked pending only if the delete fails: until then the
+	// write has not returned, so a read of the key that this process makes
+	// meanwhile overlaps it and may answer from Redis, as any other
+	// process's does. Marking it from the commit on would send those reads
+	// to Postgres without filling (a SELECT per read of a hot key during
+	// every write's delete) and buy no freshness.
 	epoch := o.inv.TopologyEpoch()
 	if replace != nil {
 		if err := replace(ctx, key); err != nil {
+			o.markPending(id, key)
 			o.log.Debug("invalidation left to the sweeper", "key", key, "err", err)
 			return
 		}
 	} else if errs := o.inv.DeleteFullEach(ctx, []string{key}); len(errs) > 0 && errs[0] != nil {
+		o.markPending(id, key)
 		o.log.Debug("invalidation left to the sweeper", "key", key, "err", errs[0])
 		return
 	}
 	if !o.queueDone(id, epoch) {
+		o.markPending(id, key)
 		o.log.Debug("invalidation overlapped a topology change; left to the sweeper", "key", key)
 		return
 	}
-	o.clearPending(id)
 }
 
 // AnyPending reports whether any invalidation of this process has not

@@ -67,6 +67,7 @@ type CacheCounters struct {
 	Oversize             int64 `json:"oversize"`
 	RedisErrors          int64 `json:"redis_errors"`
 	Fallbacks            int64 `json:"fallbacks"`
+	Bypasses             int64 `json:"bypasses"` // reads sent past Redis (a pending invalidation, an unsettled namespace)
 	Invalidations        int64 `json:"invalidations"`
 	InvalidationFailures int64 `json:"invalidation_failures"`
 	Recoveries           int64 `json:"recoveries"`
@@ -86,6 +87,7 @@ func StatsDelta(a, b cachelayer.Stats) CacheCounters {
 		Oversize:             a.Oversize - b.Oversize,
 		RedisErrors:          a.RedisErrors - b.RedisErrors,
 		Fallbacks:            a.Fallbacks - b.Fallbacks,
+		Bypasses:             a.Bypasses - b.Bypasses,
 		Invalidations:        a.Invalidations - b.Invalidations,
 		InvalidationFailures: a.InvalidationFailures - b.InvalidationFailures,
 		Recoveries:           a.Recoveries - b.Recoveries,
@@ -98,7 +100,7 @@ func (c CacheCounters) Add(o CacheCounters) CacheCounters {
 		Hits: c.Hits + o.Hits, NearHits: c.NearHits + o.NearHits, Misses: c.Misses + o.Misses, Loads: c.Loads + o.Loads, LoadsShared: c.LoadsShared + o.LoadsShared,
 		LeaseWaits: c.LeaseWaits + o.LeaseWaits, StaleFillsRejected: c.StaleFillsRejected + o.StaleFillsRejected,
 		Corrupt: c.Corrupt + o.Corrupt, Oversize: c.Oversize + o.Oversize, RedisErrors: c.RedisErrors + o.RedisErrors,
-		Fallbacks: c.Fallbacks + o.Fallbacks, Invalidations: c.Invalidations + o.Invalidations,
+		Fallbacks: c.Fallbacks + o.Fallbacks, Bypasses: c.Bypasses + o.Bypasses, Invalidations: c.Invalidations + o.Invalidations,
 		InvalidationFailures: c.InvalidationFailures + o.InvalidationFailures, Recoveries: c.Recoveries + o.Recoveries,
 	}
 }
