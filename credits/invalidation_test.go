@@ -245,9 +245,12 @@ func TestCachedReadDuringInvalidationIsAHit(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	hook := &holdUnlinkHook{held: make(chan struct{}), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	releaseUnlink := func() { releaseOnce.Do(func() { close(hook.release) }) }
 	rdb := testsvc.Redis(t)
 	rdb.AddHook(hook)
 	a := newInstanceClient(t, testsvc.DatabaseURL(t), testsvc.Prefix(t), rdb, &credits.CachedConfig{SweepInterval: time.Hour})
+	t.Cleanup(releaseUnlink) // runs first (cleanups run last in, first out): a failed test never closes the instance on a held UNLINK
 	user := testsvc.NewID()
 	full := a.cache.FullKey(credits.Key(user, enrichment))
 	_, err := a.repo.Add(ctx, credits.Change{UserID: user, Type: enrichment, Amount: 100})
@@ -278,8 +281,13 @@ func TestCachedReadDuringInvalidationIsAHit(t *testing.T) {
 	require.Equal(t, queries, a.tracer.Count(), "no Postgres query while the delete is on its way")
 	require.Equal(t, bypasses, a.cache.Stats().Bypasses, "no bypass while the delete is on its way")
 
-	close(hook.release)
-	r := <-deducted
+	releaseUnlink()
+	var r result
+	select {
+	case r = <-deducted:
+	case <-ctx.Done():
+		t.Fatal("the deduct did not return after its delete was released")
+	}
 	require.NoError(t, r.err)
 	require.Equal(t, int64(75), r.b.Amount)
 	got, err = a.repo.Balance(ctx, user, enrichment)
