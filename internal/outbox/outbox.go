@@ -254,9 +254,10 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, key string) (Invalidatio
 // pending before Invalidate returns, so this process reads it from
 // Postgres until a sweep delivers it. So does a delete during which the
 // cache's TopologyEpoch changed: it may have reached a master that lost
-// it, and the sweeper deletes the key again on the new topology. Invalidate ignores
-// ctx's cancellation (the change has committed; its invalidation must still
-// happen) and is bounded by the Invalidator's own timeout.
+// it, and the sweeper deletes the key again on the new topology.
+// Invalidate ignores ctx's cancellation (the change has committed; its
+// invalidation must still happen) and is bounded by the Invalidator's own
+// timeout.
 //
 // An Invalidation of a row whose id the writer never learnt
 // ([Outbox.Unrecorded]: a negative ID no row has) is handled alike: marking
